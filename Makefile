@@ -1,0 +1,50 @@
+# Every target sets up what it needs: `make run` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: install run demo test unit integration lint fmt schemas clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+## The worker on an embedded local stack (Tansu + redis-server) unless WORKER_KAFKA_BOOTSTRAP_SERVERS /
+## WORKER_REDIS_URL point at real ones. Ctrl-C stops all of it.
+run: install
+	$(PY) -m worker run --embedded
+
+## Embedded stack + worker + sample events; prints the records and DLQ entries, then exits.
+demo: install
+	$(PY) -m worker demo
+
+## Lint, then every test but the long chaos run. pytest's exit 5 (nothing collected) is not a failure.
+test: lint
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+unit: install
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: install
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy --strict worker
+
+fmt: install
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+## Regenerate worker/schemas/*.json from the record TypedDicts.
+schemas: install
+	$(PY) -c "from worker.records import write_schemas; write_schemas()"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,191 @@
+"""Command line: `python -m worker <command>`; `python -m worker --help` lists the commands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import orjson
+import structlog
+from confluent_kafka import Consumer, Producer, TopicPartition
+from pydantic import ValidationError
+
+from worker import __version__, logs
+from worker.config import Settings, describe_errors
+from worker.decode import header_pairs, header_text
+from worker.localstack import create_topics, embedded
+from worker.samples import samples
+
+# Embedded Tansu joins a group in ~23 s with librdkafka's default timeouts; these make it a few seconds.
+FAST_GROUP_TIMEOUTS = {
+    "WORKER_KAFKA_SESSION_TIMEOUT_MS": "6000",
+    "WORKER_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+    "WORKER_KAFKA_MAX_POLL_INTERVAL_MS": "10000",
+}
+EMBEDDED_PARTITIONS = 4
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as error:
+        print(describe_errors(error), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+@contextmanager
+def _stack(embed: bool) -> Iterator[Settings]:
+    """Settings for the configured services, or for an embedded stack where they are not configured."""
+    if not embed:
+        yield load_settings()
+        return
+    started_kafka = not os.environ.get("WORKER_KAFKA_BOOTSTRAP_SERVERS")
+    with embedded(os.environ) as stack:
+        if started_kafka:
+            for key, value in FAST_GROUP_TIMEOUTS.items():
+                os.environ.setdefault(key, value)
+        settings = load_settings()
+        topics = dict.fromkeys(settings.input_topics, EMBEDDED_PARTITIONS)
+        create_topics(
+            settings.kafka_bootstrap_servers,
+            {**topics, settings.output_topic: EMBEDDED_PARTITIONS, settings.dlq_topic: 1},
+        )
+        log = structlog.get_logger("worker.cli")
+        log.info(
+            "embedded_stack", kafka=settings.kafka_bootstrap_servers, redis=settings.redis_url, dir=str(stack.workdir)
+        )
+        yield settings
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from worker.consumer import Worker
+
+    logs.configure(os.environ.get("WORKER_LOG_LEVEL", "INFO").upper())
+    with _stack(args.embedded) as settings:
+        worker = Worker(settings)
+        worker.install_signal_handlers()
+        server = worker.serve_health().start()
+        try:
+            worker.run()
+        finally:
+            server.stop()
+    return 0
+
+
+def cmd_sample_events(_args: argparse.Namespace) -> int:
+    settings = load_settings()
+    send_samples(settings)
+    print(f"sent {len(samples())} sample messages to {settings.input_topics[0]}")
+    return 0
+
+
+def send_samples(settings: Settings) -> None:
+    producer = Producer({**settings.kafka_overrides("producer"), "enable.idempotence": True})
+    partitions = len(
+        producer.list_topics(settings.input_topics[0], timeout=10).topics[settings.input_topics[0]].partitions
+    )
+    for sample in samples():
+        producer.produce(
+            settings.input_topics[0], sample.value, partition=sample.partition % partitions, headers=sample.headers
+        )
+    if producer.flush(30):
+        raise RuntimeError("sample events were not acknowledged within 30 s")
+
+
+def cmd_demo(_args: argparse.Namespace) -> int:
+    """Embedded stack + worker + sample events; print what comes out, then stop everything."""
+    from worker.consumer import Worker
+
+    logs.configure("WARNING")
+    with _stack(embed=True) as settings:
+        worker = Worker(settings)
+        runner = threading.Thread(target=worker.run, name="worker")
+        runner.start()
+        try:
+            send_samples(settings)
+            print(f"sent {len(samples())} messages:")
+            for sample in samples():
+                print(f"  - {sample.note}")
+            records, dead = read_outputs(settings, expected_records=10, expected_dlq=1, timeout=90)
+        finally:
+            worker.stop()
+            runner.join()
+    print(f"\n{len(records)} records on {settings.output_topic}:")
+    for record in records:
+        print("  " + orjson.dumps(record).decode())
+    print(f"\n{len(dead)} messages on {settings.dlq_topic}:")
+    for headers in dead:
+        print("  " + orjson.dumps(headers).decode())
+    return 0 if len(records) == 10 and len(dead) == 1 else 1
+
+
+def read_outputs(
+    settings: Settings, *, expected_records: int, expected_dlq: int, timeout: float
+) -> tuple[list[dict[str, object]], list[dict[str, str]]]:
+    """Committed output records and DLQ headers, read from the start until the expected counts or timeout."""
+    consumer = Consumer(
+        {
+            **settings.kafka_overrides("consumer"),
+            "group.id": "demo-reader",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    topics = consumer.list_topics(timeout=10).topics
+    consumer.assign(
+        [TopicPartition(t, p, 0) for t in (settings.output_topic, settings.dlq_topic) for p in topics[t].partitions]
+    )
+    records: list[dict[str, object]] = []
+    dead: list[dict[str, str]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (len(records) < expected_records or len(dead) < expected_dlq):
+        for message in consumer.consume(100, 0.5):
+            if message.error():
+                continue
+            if message.topic() == settings.output_topic:
+                records.append(orjson.loads(message.value() or b"null"))
+            else:
+                pairs = header_pairs(message.headers())
+                dead.append({k: header_text(v) or "" for k, v in pairs if k.startswith("dlq.")})
+    consumer.close()
+    return records, dead
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
+    "run": (cmd_run, "run the worker until SIGTERM/SIGINT"),
+    "demo": (cmd_demo, "embedded stack + worker + sample events: print the records and DLQ entries, then exit"),
+    "sample-events": (cmd_sample_events, "send the sample events to the first input topic and exit"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m worker",
+        description="Qlik Cloud group events in, normalized membership-change records out. "
+        "Configuration comes from WORKER_* environment variables (see README).",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (func, help_text) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(func=func)
+        if name == "run":
+            sub.add_argument(
+                "--embedded",
+                action="store_true",
+                help="start a local Tansu broker / redis-server for whichever of WORKER_KAFKA_BOOTSTRAP_SERVERS "
+                "and WORKER_REDIS_URL is unset, and create the topics",
+            )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result

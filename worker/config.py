@@ -1,0 +1,117 @@
+"""Settings: one pydantic-settings class, read from `WORKER_*` environment variables and validated at start.
+
+Every `WORKER_KAFKA_<NAME>` variable is also passed to librdkafka as `<name>` with `_` turned into `.`
+(`WORKER_KAFKA_SASL_MECHANISM=PLAIN` -> `sasl.mechanism=PLAIN`), so SASL/SSL need no code changes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "WORKER_"
+KAFKA_PREFIX = ENV_PREFIX + "KAFKA_"
+
+Guarantee = Literal["exactly_once", "at_least_once"]
+Role = Literal["consumer", "producer", "any"]
+
+# librdkafka properties (or prefixes) of one client role; the other role would log a CONFWARN for each.
+CONSUMER_ONLY = (
+    "group.",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "auto.",
+    "enable.auto.",
+    "partition.assignment.strategy",
+    "isolation.level",
+    "fetch.",
+    "queued.",
+    "check.crcs",
+    "enable.partition.eof",
+)
+PRODUCER_ONLY = (
+    "transaction",
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "linger.ms",
+    "queue.buffering.",
+    "batch.",
+    "compression.",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "retries",
+    "message.send.max.retries",
+    "retry.backoff",
+    "sticky.partitioning",
+    "partitioner",
+)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    kafka_bootstrap_servers: str = "localhost:9092"
+    input_topics: Annotated[list[str], NoDecode] = ["qlik.group-events"]
+    output_topic: str = "group-membership-changes"
+    dlq_topic: str = "qlik.group-events.dlq"
+    group_id: str = "group-events-worker"
+    redis_url: str = "redis://localhost:6379/0"
+    metrics_port: int = Field(9400, ge=0, le=65535)
+    dedupe_ttl_seconds: int = Field(86_400, gt=0)
+    batch_timeout_seconds: float = Field(900, gt=0)
+    shutdown_timeout_seconds: float = Field(30, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    processing_guarantee: Guarantee = "exactly_once"
+    batch_size: int = Field(1000, ge=1, le=100_000)
+    batch_max_wait_ms: int = Field(20, ge=1, le=10_000)
+    timeout_scan_interval_seconds: float = Field(5, gt=0)
+    flush_lease_seconds: float = Field(60, gt=0)
+    transactional_id: str = ""
+
+    @field_validator("input_topics", mode="before")
+    @classmethod
+    def _split_topics(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [t.strip() for t in value.split(",") if t.strip()]
+        if isinstance(value, list) and not value:
+            raise ValueError("at least one input topic is required")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    def kafka_overrides(self, role: Role = "any", environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        """librdkafka settings from `WORKER_KAFKA_*` (bootstrap servers included), without the ones the other
+        client role would only warn about."""
+        env = os.environ if environ is None else environ
+        skip = {"consumer": PRODUCER_ONLY, "producer": CONSUMER_ONLY, "any": ()}[role]
+        extra = {
+            name: value
+            for key, value in env.items()
+            if key.startswith(KAFKA_PREFIX)
+            and not (name := key[len(KAFKA_PREFIX) :].lower().replace("_", ".")).startswith(skip)
+        }
+        extra["bootstrap.servers"] = self.kafka_bootstrap_servers
+        return extra
+
+    def effective_transactional_id(self) -> str:
+        """Stable across restarts of one pod (hostname) and unique per process on one host (pid)."""
+        return self.transactional_id or f"{self.group_id}-{socket.gethostname()}-{os.getpid()}"
+
+
+def describe_errors(error: ValidationError) -> str:
+    """One readable line per bad setting, named as the operator spelled it."""
+    lines = []
+    for item in error.errors():
+        name = ENV_PREFIX + "_".join(str(p) for p in item["loc"][:1]).upper()
+        lines.append(f"{name}: {item['msg']} (got {item.get('input')!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)

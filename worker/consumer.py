@@ -1,0 +1,267 @@
+"""The consumer loop: owns the Kafka consumer (poll, pause/resume, rebalances, shutdown) and nothing else.
+
+Each batch runs to the end before the next poll: process (Redis) -> send outputs -> commit (flush + offsets,
+or one transaction). So nothing is in flight when partitions are revoked, and a stop request is served
+between batches. A batch that fails on Redis or Kafka is retried from memory after a back-off, with every
+partition paused and the group membership kept alive; if its partitions move meanwhile it is dropped and its
+new owner replays it. The processing is replay-safe (see `worker/pipeline.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+import structlog
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from worker import metrics
+from worker.changes import ChangeStore
+from worker.config import Settings
+from worker.dedupe import Deduper
+from worker.health import Health, HealthServer
+from worker.output import AtLeastOnceSink, PartitionsLost, RetryBatch, Sink, TransactionalSink, offsets_after
+from worker.pipeline import BatchResult, Processor
+from worker.redis_scripts import connect
+
+log = structlog.get_logger("worker.consumer")
+
+MAX_BACKOFF_S = 5.0
+LAG_INTERVAL_S = 5.0
+
+
+class Worker:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        kafka = settings.kafka_overrides("consumer")
+        max_poll_s = int(kafka.get("max.poll.interval.ms", 300_000)) / 1000
+        # Every blocking Kafka call in the loop must return well within max.poll.interval.ms.
+        self._kafka_timeout = max(1.0, min(30.0, max_poll_s / 3))
+        self.health = Health(max_poll_s)
+        self._consumer = Consumer(
+            {
+                "group.id": settings.group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "partition.assignment.strategy": "range",
+                "error_cb": self._on_kafka_error,
+                **kafka,
+            }
+        )
+        producer: dict[str, Any] = {
+            "linger.ms": 5,
+            "error_cb": self._on_kafka_error,
+            **settings.kafka_overrides("producer"),
+        }
+        self._sink: Sink
+        if settings.processing_guarantee == "exactly_once":
+            producer["transactional.id"] = settings.effective_transactional_id()
+            self._sink = TransactionalSink(producer, self._consumer, self._kafka_timeout)
+        else:
+            self._sink = AtLeastOnceSink(producer, self._consumer, self._kafka_timeout)
+        self._redis = connect(settings.redis_url)
+        self._processor = Processor(
+            Deduper(self._redis, settings.dedupe_ttl_seconds),
+            ChangeStore(
+                self._redis,
+                timeout_ms=int(settings.batch_timeout_seconds * 1000),
+                ttl_seconds=int(settings.batch_timeout_seconds + settings.dedupe_ttl_seconds),
+                lease_ms=int(settings.flush_lease_seconds * 1000),
+            ),
+            output_topic=settings.output_topic,
+            dlq_topic=settings.dlq_topic,
+        )
+        self._stopping = threading.Event()
+        self._lost = False  # set by the rebalance callbacks while a batch waits for its retry
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def serve_health(self) -> HealthServer:
+        probe_redis = connect(self.settings.redis_url)
+        admin = AdminClient({**self.settings.kafka_overrides("producer"), "socket.timeout.ms": 2000})
+        topic = self.settings.input_topics[0]
+
+        def redis_check() -> str | None:
+            try:
+                probe_redis.ping()
+            except redis.RedisError as error:
+                return str(error)
+            return None
+
+        def kafka_check() -> str | None:
+            try:
+                admin.list_topics(topic, timeout=2)
+            except Exception as error:  # any failure to get metadata means "not reachable"
+                return str(error)
+            return None
+
+        return HealthServer(self.settings.metrics_port, self.health, {"redis": redis_check, "kafka": kafka_check})
+
+    def run(self) -> None:
+        s = self.settings
+        log.info("starting", topics=s.input_topics, group=s.group_id, guarantee=s.processing_guarantee)
+        self._consumer.subscribe(
+            list(s.input_topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        wait_s = s.batch_max_wait_ms / 1000
+        next_scan = next_lag = 0.0
+        try:
+            while not self._stopping.is_set():
+                messages = self._consumer.consume(s.batch_size, wait_s)
+                self.health.polled()
+                batch = [m for m in messages if self._usable(m)]
+                if batch:
+                    self._run_batch(functools.partial(self._processor.process, batch), batch)
+                now = time.monotonic()
+                if now >= next_scan and self.health.assigned:
+                    next_scan = now + s.timeout_scan_interval_seconds
+                    self._run_batch(self._processor.flush_timeouts, [])
+                    self._report_open_changes()
+                if now >= next_lag:
+                    next_lag = now + LAG_INTERVAL_S
+                    self._report_lag()
+        finally:
+            self._shutdown()
+
+    # ---- one batch -------------------------------------------------------------------------------------
+
+    def _run_batch(self, work: Callable[[], BatchResult], messages: Sequence[Message]) -> None:
+        started = time.perf_counter()
+        offsets = offsets_after(messages)
+        self._lost = False
+        attempt = 0
+        while True:
+            try:
+                result = work()
+                if not result.outputs and not offsets and not result.closed:
+                    return
+                self._sink.begin()
+                self._sink.send(result.outputs)
+                self._sink.commit(offsets)
+                break
+            except PartitionsLost as error:
+                self._sink.abort()
+                log.warning("batch_dropped_partitions_lost", error=str(error), messages=len(messages))
+                return
+            except (RetryBatch, redis.RedisError) as error:
+                self._sink.abort()
+                cause = "redis" if isinstance(error, redis.RedisError) else "kafka"
+                metrics.RETRIES.labels(cause).inc()
+                attempt += 1
+                self.health.retrying = f"{cause}: {error}"
+                log.warning("batch_retry", cause=cause, error=str(error), attempt=attempt, messages=len(messages))
+                if not self._back_off(min(MAX_BACKOFF_S, 0.1 * 2**attempt)):
+                    log.warning("batch_abandoned", reason="stopping" if self._stopping.is_set() else "revoked")
+                    return
+        self.health.retrying = None
+        self._count(result)
+        try:
+            self._processor.settle(result)
+        except redis.RedisError as error:  # leases expire and deadlines are re-checked: nothing is lost
+            log.warning("settle_failed", error=str(error))
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    def _back_off(self, delay: float) -> bool:
+        """Wait with every partition paused, serving rebalances; False if the batch must be given up."""
+        self._consumer.pause(self._consumer.assignment())
+        deadline = time.monotonic() + delay
+        try:
+            while time.monotonic() < deadline and not (self._lost or self._stopping.is_set()):
+                stray = self._consumer.consume(self.settings.batch_size, min(0.2, delay))
+                self.health.polled()
+                for tp in offsets_after(stray):  # fetched before the pause: read them again later
+                    self._consumer.seek(TopicPartition(tp.topic, tp.partition, _first(stray, tp)))
+        finally:
+            self._consumer.resume(self._consumer.assignment())
+        return not (self._lost or self._stopping.is_set())
+
+    def _count(self, result: BatchResult) -> None:
+        for (event_type, outcome), n in result.events.items():
+            metrics.EVENTS.labels(event_type, outcome).inc(n)
+        for schema, n in result.records.items():
+            metrics.RECORDS.labels(schema).inc(n)
+        for reason, n in result.dlq.items():
+            metrics.DLQ.labels(reason).inc(n)
+        for outcome, n in result.changes_closed.items():
+            metrics.CHANGES_CLOSED.labels(outcome).inc(n)
+
+    # ---- Kafka callbacks and reports -------------------------------------------------------------------
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        metrics.REBALANCES.labels("assign").inc()
+        self.health.assigned = len(partitions)
+        metrics.ASSIGNED.set(len(partitions))
+        log.info("partitions_assigned", partitions=[f"{p.topic}:{p.partition}" for p in partitions])
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Batches commit before the next poll, so nothing is in flight unless a batch waits for a retry.
+        metrics.REBALANCES.labels("revoke").inc()
+        self._lost = True
+        self.health.assigned = 0
+        metrics.ASSIGNED.set(0)
+        for p in partitions:
+            with contextlib.suppress(KeyError):
+                metrics.LAG.remove(p.topic, str(p.partition))
+        log.info("partitions_revoked", partitions=[f"{p.topic}:{p.partition}" for p in partitions])
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.warning("partitions_lost", partitions=[f"{p.topic}:{p.partition}" for p in partitions])
+        self._on_revoke(consumer, partitions)
+
+    def _on_kafka_error(self, error: KafkaError) -> None:
+        level = "error" if error.fatal() else "warning"
+        getattr(log, level)("kafka_error", error=str(error), code=error.name())
+
+    def _report_lag(self) -> None:
+        assignment = self._consumer.assignment()
+        if not assignment:
+            return
+        for tp in self._consumer.position(assignment):
+            _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if tp.offset >= 0 and high >= 0:
+                metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+
+    def _report_open_changes(self) -> None:
+        with contextlib.suppress(redis.RedisError):  # the next batch reports the outage
+            metrics.OPEN_CHANGES.set(self._processor.open_changes())
+
+    def _usable(self, message: Message) -> bool:
+        error = message.error()
+        if error is None:
+            return True
+        if error.code() != KafkaError._PARTITION_EOF:
+            log.warning("consume_error", error=str(error), topic=message.topic(), partition=message.partition())
+        return False
+
+    def _shutdown(self) -> None:
+        """Close within the shutdown timeout; a hung close must not keep the process alive."""
+        log.info("stopping")
+
+        def close() -> None:
+            self._sink.close(self.settings.shutdown_timeout_seconds / 2)
+            self._consumer.close()
+
+        closer = threading.Thread(target=close, name="close", daemon=True)
+        closer.start()
+        closer.join(self.settings.shutdown_timeout_seconds)
+        log.info("stopped", clean=not closer.is_alive())
+
+
+def _first(messages: Sequence[Message], tp: TopicPartition) -> int:
+    return min(m.offset() or 0 for m in messages if (m.topic(), m.partition()) == (tp.topic, tp.partition))

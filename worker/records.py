@@ -1,0 +1,167 @@
+"""Output record shapes, their deterministic ids, and their JSON encoding. Pure.
+
+Two shapes, both JSON objects keyed `"<tenant_id>:<group_id>"` on the output topic:
+- `membership_change/v1`: one per (change, affected user) of a `users.modified` change;
+- `group_change/v1`: one per group created/updated/deleted event.
+`record_id` is a digest of what identifies the record, so any copy of a record has the same id.
+The JSON Schemas in `worker/schemas/` are generated from the TypedDicts below (`make schemas`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Final, Literal
+
+import orjson
+from pydantic import JsonValue, TypeAdapter
+from typing_extensions import TypedDict
+
+from worker.models import (
+    GROUP_CREATED,
+    GROUP_DELETED,
+    GROUP_UPDATED,
+    Event,
+    GroupUpdate,
+    UsersModified,
+    rfc3339,
+)
+
+MEMBERSHIP: Final = "membership_change/v1"
+GROUP: Final = "group_change/v1"
+SCHEMA_DIR = Path(__file__).parent / "schemas"
+
+_SEP = "\x1f"  # unit separator: cannot appear in ids taken from JSON strings by accident
+_GROUP_CHANGE: dict[str, Literal["created", "updated", "deleted"]] = {
+    GROUP_CREATED: "created",
+    GROUP_UPDATED: "updated",
+    GROUP_DELETED: "deleted",
+}
+
+
+class UpdateRecord(TypedDict):
+    path: str | None
+    newValue: JsonValue
+    oldValue: JsonValue
+
+
+class RoleRecord(TypedDict):
+    id: str
+    name: str
+    type: str
+    level: str
+
+
+class ChangeInfo(TypedDict):
+    """What every membership record of one change shares; stored with the change while it is open."""
+
+    change_id: str
+    tenant_id: str
+    group_id: str
+    group_name: str
+    change: Literal["group_updated", "group_deleted"]
+    updates: list[UpdateRecord]
+    occurred_at: str
+
+
+class MembershipChange(ChangeInfo):
+    schema: Literal["membership_change/v1"]
+    record_id: str
+    user_id: str
+    complete: bool
+    late: bool
+    event_id: str
+
+
+class GroupChange(TypedDict):
+    schema: Literal["group_change/v1"]
+    record_id: str
+    tenant_id: str
+    group_id: str
+    group_name: str
+    change: Literal["created", "updated", "deleted"]
+    status: Literal["active", "disabled"]
+    provider_type: Literal["idp", "custom"] | None
+    idp_id: str | None
+    assigned_roles: list[RoleRecord]
+    updates: list[UpdateRecord]
+    occurred_at: str
+    event_id: str
+
+
+def digest(*parts: str) -> str:
+    return hashlib.blake2b(_SEP.join(parts).encode(), digest_size=16).hexdigest()
+
+
+def change_info(event: Event) -> ChangeInfo:
+    data = event.data
+    assert isinstance(data, UsersModified)
+    occurred_at = rfc3339(data.last_updated_at)
+    return {
+        "change_id": digest(data.tenant_id, data.id, occurred_at, "deleted" if data.deleted else "updated"),
+        "tenant_id": data.tenant_id,
+        "group_id": data.id,
+        "group_name": data.name,
+        "change": "group_deleted" if data.deleted else "group_updated",
+        "updates": _updates(data),
+        "occurred_at": occurred_at,
+    }
+
+
+def membership_change(info: ChangeInfo, user_id: str, event_id: str, *, complete: bool, late: bool) -> MembershipChange:
+    return {
+        "schema": MEMBERSHIP,
+        "record_id": digest(MEMBERSHIP, info["change_id"], user_id),
+        **info,
+        "user_id": user_id,
+        "complete": complete,
+        "late": late,
+        "event_id": event_id,
+    }
+
+
+def group_change(event: Event) -> GroupChange:
+    envelope, data = event.envelope, event.data
+    return {
+        "schema": GROUP,
+        "record_id": digest(GROUP, data.tenant_id, envelope.source, envelope.type, envelope.id),
+        "tenant_id": data.tenant_id,
+        "group_id": data.id,
+        "group_name": data.name,
+        "change": _GROUP_CHANGE[envelope.type],
+        "status": data.status,
+        "provider_type": data.provider_type,
+        "idp_id": data.idp_id,
+        "assigned_roles": [{"id": r.id, "name": r.name, "type": r.type, "level": r.level} for r in data.assigned_roles],
+        "updates": _updates(data),
+        "occurred_at": rfc3339(data.last_updated_at),
+        "event_id": envelope.id,
+    }
+
+
+def record_key(record: GroupChange | MembershipChange) -> bytes:
+    return f"{record['tenant_id']}:{record['group_id']}".encode()
+
+
+def encode(record: GroupChange | MembershipChange | ChangeInfo) -> bytes:
+    return orjson.dumps(record)
+
+
+def _updates(data: object) -> list[UpdateRecord]:
+    if not isinstance(data, GroupUpdate):
+        return []
+    return [{"path": u.path, "newValue": u.new_value, "oldValue": u.old_value} for u in data.updates]
+
+
+def json_schemas() -> dict[str, dict[str, object]]:
+    """File name -> JSON Schema of each record shape."""
+    return {
+        "membership_change.v1.json": TypeAdapter(MembershipChange).json_schema(),
+        "group_change.v1.json": TypeAdapter(GroupChange).json_schema(),
+    }
+
+
+def write_schemas() -> None:
+    for name, schema in json_schemas().items():
+        (SCHEMA_DIR / name).write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
