@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# The venv's bin first on PATH: tests find the checkers installed there (hadolint, docker-compose).
+PYTEST := PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest
 
 .PHONY: install run demo test unit integration lint fmt schemas clean
 
@@ -25,13 +27,13 @@ demo: install
 
 ## Lint, then every test but the long chaos run. pytest's exit 5 (nothing collected) is not a failure.
 test: lint
-	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+	$(PYTEST) $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 unit: install
-	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+	$(PYTEST) tests/unit $(PYTEST_ARGS)
 
 integration: install
-	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+	$(PYTEST) tests/integration $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .

@@ -21,7 +21,7 @@ import redis
 
 from worker.reassembly import Emission, Part, TimeoutOutcome
 from worker.records import ChangeInfo
-from worker.redis_scripts import Call, LuaScript
+from worker.redis_scripts import Call, Command, LuaScript
 
 DEADLINES = "gew:deadlines"
 
@@ -52,7 +52,8 @@ class ChangeStore:
         if not parts:
             return []
         deadline = now_ms + self._timeout_ms
-        deadlines = [("ZADD", DEADLINES, "NX", deadline, info["change_id"]) for info, _ in parts]
+        deadlines: list[Command] = [("ZADD", DEADLINES, "NX", deadline, info["change_id"]) for info, _ in parts]
+        deadlines.append(("EXPIRE", DEADLINES, self._ttl))  # emptied by the flushers; the TTL is a backstop
         calls: list[Call] = [
             (
                 change_keys(info["change_id"]),

@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 import structlog
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from worker import metrics
@@ -27,7 +27,16 @@ from worker.changes import ChangeStore
 from worker.config import Settings
 from worker.dedupe import Deduper
 from worker.health import Health, HealthServer
-from worker.output import AtLeastOnceSink, PartitionsLost, RetryBatch, Sink, TransactionalSink, offsets_after
+from worker.logs import KAFKA_LOGGER
+from worker.output import (
+    AtLeastOnceSink,
+    CommitUncertain,
+    PartitionsLost,
+    RetryBatch,
+    Sink,
+    TransactionalSink,
+    offsets_after,
+)
 from worker.pipeline import BatchResult, Processor
 from worker.redis_scripts import connect
 
@@ -54,12 +63,14 @@ class Worker:
                 "isolation.level": "read_committed",
                 "partition.assignment.strategy": "range",
                 "error_cb": self._on_kafka_error,
+                "logger": KAFKA_LOGGER,
                 **kafka,
             }
         )
         producer: dict[str, Any] = {
             "linger.ms": 5,
             "error_cb": self._on_kafka_error,
+            "logger": KAFKA_LOGGER,
             **settings.kafka_overrides("producer"),
         }
         self._sink: Sink
@@ -93,8 +104,9 @@ class Worker:
         self._stopping.set()
 
     def serve_health(self) -> HealthServer:
-        probe_redis = connect(self.settings.redis_url)
-        admin = AdminClient({**self.settings.kafka_overrides("producer"), "socket.timeout.ms": 2000})
+        probe_redis = connect(self.settings.redis_url, timeout=1)
+        admin_config: dict[str, Any] = {**self.settings.kafka_overrides("producer"), "logger": KAFKA_LOGGER}
+        admin = AdminClient(admin_config)
         topic = self.settings.input_topics[0]
 
         def redis_check() -> str | None:
@@ -106,7 +118,7 @@ class Worker:
 
         def kafka_check() -> str | None:
             try:
-                admin.list_topics(topic, timeout=2)
+                admin.list_topics(topic, timeout=1.5)
             except Exception as error:  # any failure to get metadata means "not reachable"
                 return str(error)
             return None
@@ -146,13 +158,16 @@ class Worker:
         offsets = offsets_after(messages)
         self._lost = False
         attempt = 0
+        result: BatchResult | None = None  # set once the outputs are sent: then only the commit is retried
         while True:
             try:
-                result = work()
-                if not result.outputs and not offsets and not result.closed:
-                    return
-                self._sink.begin()
-                self._sink.send(result.outputs)
+                if result is None:
+                    produced = work()
+                    if not produced.outputs and not offsets and not produced.closed:
+                        return
+                    self._sink.begin()
+                    self._sink.send(produced.outputs)
+                    result = produced
                 self._sink.commit(offsets)
                 break
             except PartitionsLost as error:
@@ -160,13 +175,17 @@ class Worker:
                 log.warning("batch_dropped_partitions_lost", error=str(error), messages=len(messages))
                 return
             except (RetryBatch, redis.RedisError) as error:
-                self._sink.abort()
+                if not isinstance(error, CommitUncertain):
+                    self._sink.abort()
+                    result = None
                 cause = "redis" if isinstance(error, redis.RedisError) else "kafka"
                 metrics.RETRIES.labels(cause).inc()
                 attempt += 1
                 self.health.retrying = f"{cause}: {error}"
                 log.warning("batch_retry", cause=cause, error=str(error), attempt=attempt, messages=len(messages))
                 if not self._back_off(min(MAX_BACKOFF_S, 0.1 * 2**attempt)):
+                    self._sink.abort()
+                    self.health.retrying = None
                     log.warning("batch_abandoned", reason="stopping" if self._stopping.is_set() else "revoked")
                     return
         self.health.retrying = None
@@ -209,8 +228,11 @@ class Worker:
         metrics.ASSIGNED.set(len(partitions))
         log.info("partitions_assigned", partitions=[f"{p.topic}:{p.partition}" for p in partitions])
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Batches commit before the next poll, so nothing is in flight unless a batch waits for a retry.
+        # A partition paused by that wait stays paused in librdkafka if it comes back to us: resume it now.
+        with contextlib.suppress(KafkaException):
+            consumer.resume(partitions)
         metrics.REBALANCES.labels("revoke").inc()
         self._lost = True
         self.health.assigned = 0
@@ -225,6 +247,8 @@ class Worker:
         self._on_revoke(consumer, partitions)
 
     def _on_kafka_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._TRANSPORT:
+            return  # librdkafka's own log line says it already; _ALL_BROKERS_DOWN follows if it matters
         level = "error" if error.fatal() else "warning"
         getattr(log, level)("kafka_error", error=str(error), code=error.name())
 

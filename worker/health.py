@@ -57,8 +57,10 @@ class HealthServer:
         self._server.server_close()
 
     def readiness(self) -> list[str]:
+        """What keeps the worker from being ready; the services are asked only when the loop is fine."""
         problems = [p for p in (self.health.alive(), self.health.loop_ready()) if p]
-        problems += [f"{name}: {p}" for name, check in self.checks.items() if (p := check())]
+        if not problems:
+            problems = [f"{name}: {p}" for name, check in self.checks.items() if (p := check())]
         metrics.READY.set(0 if problems else 1)
         return problems
 

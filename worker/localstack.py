@@ -100,24 +100,14 @@ def start_kafka(log_dir: Path) -> Service:
     return Service(f"{HOST}:{port}", process)
 
 
-def start_redis(log_dir: Path, port: int | None = None) -> Service:
+def start_redis(log_dir: Path, port: int | None = None, *, durable: bool = False) -> Service:
+    """A private redis-server; `durable` keeps its data across a restart on the same port and directory
+    (append-only file, fsync on every write: what a production Redis under this worker should do)."""
     port = port or free_port()
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
+    command = [redis_server_binary(), "--bind", HOST, "--port", str(port), "--save", "", *persistence]
     process = subprocess.Popen(
-        [
-            redis_server_binary(),
-            "--bind",
-            HOST,
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(log_dir),
-            "--logfile",
-            str(log_dir / f"redis-{port}.log"),
-        ],
+        [*command, "--dir", str(log_dir), "--logfile", str(log_dir / f"redis-{port}.log")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -7,8 +7,9 @@ the input offsets that caused them, or raises. Two guarantees:
 - `TransactionalSink`: outputs and input offsets commit in one Kafka transaction
   (`send_offsets_to_transaction` with the consumer's group metadata, so a zombie that lost its partitions
   is fenced by the group coordinator). Readers with `isolation.level=read_committed` see each record once.
-Errors: `RetryBatch` (transient: abort, back off, run the batch again), `PartitionsLost` (the group moved
-on: drop the batch, its new owner replays it).
+Errors: `CommitUncertain` (a timeout while committing: back off, then call `commit` again, since the first
+attempt may still succeed: redoing the batch could commit its output twice), `RetryBatch` (abort, back off,
+run the batch again), `PartitionsLost` (the group moved on: drop the batch, its new owner replays it).
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ _LOST = {
 
 class RetryBatch(Exception):
     """The batch was not committed; run it again after a back-off."""
+
+
+class CommitUncertain(RetryBatch):
+    """The commit did not finish in time and may still succeed: call `commit` again, do not redo the batch."""
 
 
 class PartitionsLost(Exception):
@@ -82,13 +87,17 @@ class AtLeastOnceSink(Sink):
 
     def commit(self, offsets: list[TopicPartition]) -> None:
         remaining = self._producer.flush(self._timeout)
-        if remaining or self._error is not None:
-            raise RetryBatch(f"output not acknowledged: {remaining} pending, error {self._error}")
+        if self._error is not None:
+            raise RetryBatch(f"output not delivered: {self._error}")
+        if remaining:
+            raise CommitUncertain(f"output not acknowledged yet: {remaining} pending")
         if not offsets:
             return
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as error:
+            if error.args[0].retriable():
+                raise CommitUncertain(str(error.args[0])) from error
             _raise_for(error)
 
     def abort(self) -> None:
@@ -106,6 +115,7 @@ class TransactionalSink(Sink):
         super().__init__(config, consumer, timeout)
         self._ready = False  # init_transactions done for the current producer
         self._open = False  # a transaction is begun and neither committed nor aborted
+        self._offsets_sent = False  # this transaction carries its input offsets already
 
     def begin(self) -> None:
         try:
@@ -116,18 +126,22 @@ class TransactionalSink(Sink):
                 self._producer.abort_transaction(self._timeout)
                 self._open = False
             self._producer.begin_transaction()
-            self._open = True
+            self._open, self._offsets_sent = True, False
         except KafkaException as error:
             self._handle(error)
 
     def commit(self, offsets: list[TopicPartition]) -> None:
         try:
-            if offsets:
+            if offsets and not self._offsets_sent:
                 metadata = self._consumer.consumer_group_metadata()
                 self._producer.send_offsets_to_transaction(offsets, metadata, self._timeout)
+                self._offsets_sent = True
             self._producer.commit_transaction(self._timeout)
             self._open = False
         except KafkaException as error:
+            kafka_error: KafkaError = error.args[0]
+            if kafka_error.retriable() and not (kafka_error.fatal() or kafka_error.txn_requires_abort()):
+                raise CommitUncertain(str(kafka_error)) from error
             self._handle(error)
 
     def abort(self) -> None:

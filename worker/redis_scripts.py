@@ -20,9 +20,9 @@ Call = tuple[Sequence[str], Sequence[Arg]]  # (keys, args)
 Command = tuple[Arg, ...]
 
 
-def connect(url: str) -> redis.Redis:
+def connect(url: str, timeout: float = 5) -> redis.Redis:
     return redis.Redis.from_url(
-        url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=10, decode_responses=False
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=10, decode_responses=False
     )
 
 

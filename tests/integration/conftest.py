@@ -31,7 +31,8 @@ def _docker_engine() -> bool:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def kafka_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service | str]:
+    """A `Service` when the tests own the broker process (so a test may pause it), else the bootstrap."""
     if external := os.environ.get("WORKER_TEST_KAFKA"):
         yield external
     elif _docker_engine():
@@ -41,8 +42,13 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             yield container.get_bootstrap_server()
     else:
         service = start_kafka(tmp_path_factory.mktemp("kafka"))
-        yield service.address
+        yield service
         service.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_service: Service | str) -> str:
+    return kafka_service.address if isinstance(kafka_service, Service) else kafka_service
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +75,9 @@ def broker_hides_aborted(kafka_bootstrap: str) -> bool:
 
 
 @pytest.fixture
-def stack(kafka_bootstrap: str, redis_service: Service | str, tmp_path: Path) -> Iterator[Stack]:
+def stack(
+    kafka_service: Service | str, kafka_bootstrap: str, redis_service: Service | str, tmp_path: Path
+) -> Iterator[Stack]:
     """Fresh topics, consumer group and Redis data for one test, and the workers it starts."""
     redis_url = redis_service.address if isinstance(redis_service, Service) else redis_service
     redis.Redis.from_url(redis_url).flushdb()
@@ -78,6 +86,7 @@ def stack(kafka_bootstrap: str, redis_service: Service | str, tmp_path: Path) ->
         bootstrap=kafka_bootstrap,
         redis_url=redis_url,
         redis_service=redis_service if isinstance(redis_service, Service) else None,
+        kafka_service=kafka_service if isinstance(kafka_service, Service) else None,
         input_topic=f"in-{name}",
         output_topic=f"out-{name}",
         dlq_topic=f"dlq-{name}",

@@ -91,6 +91,7 @@ class Stack:
     bootstrap: str
     redis_url: str
     redis_service: Service | None
+    kafka_service: Service | None
     input_topic: str
     output_topic: str
     dlq_topic: str

@@ -1,0 +1,26 @@
+"""The chaos run (tests/chaos/chaos.py): a short one in `make test`, the full one in `make chaos`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.chaos.chaos import Chaos, failed, run
+
+
+@pytest.mark.integration
+def test_short_chaos_run_loses_nothing(tmp_path: Path) -> None:
+    summary = run(Chaos(events=3_000, rate=500, kill_every=5.0), tmp_path)
+    print(orjson.dumps(summary).decode())
+    assert summary["kills"] >= 1 and summary["poison"] >= 1
+    assert failed(summary) == []
+
+
+@pytest.mark.chaos
+def test_full_chaos_run(tmp_path: Path) -> None:
+    summary = run(Chaos(), tmp_path)
+    print(orjson.dumps(summary).decode())
+    assert summary["events"] >= 200_000
+    assert failed(summary) == []
