@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 # The venv's bin first on PATH: tests find the checkers installed there (hadolint, docker-compose).
 PYTEST := PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest
 
-.PHONY: install run demo test unit integration lint fmt schemas clean
+.PHONY: install run demo test unit integration chaos lint fmt schemas clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,10 @@ unit: install
 
 integration: install
 	$(PYTEST) tests/integration $(PYTEST_ARGS)
+
+## The full chaos run (200,000 events, kills, a Redis restart, scaling); prints a one-line JSON summary.
+chaos: install
+	$(PYTEST) tests/chaos -m chaos -s $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .

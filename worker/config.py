@@ -48,7 +48,6 @@ PRODUCER_ONLY = (
     "delivery.timeout.ms",
     "retries",
     "message.send.max.retries",
-    "retry.backoff",
     "sticky.partitioning",
     "partitioner",
 )

@@ -190,12 +190,12 @@ def audit(stack: Stack, corpus: Corpus, feed: Feed) -> dict[str, Any]:
 
 
 def failed(summary: dict[str, Any]) -> list[str]:
-    """What the summary says is wrong. Duplicates count only on a broker that hides aborted transactions from
-    read_committed readers (the embedded Tansu does not: the output of a transaction aborted by a SIGKILL
-    stays visible there, next to its replay)."""
-    keys = ["missing", "extra", "wrong_content", "dlq_missing", "dlq_duplicates"]
+    """What the summary says is wrong. Duplicates (records and DLQ) count only on a broker that hides aborted
+    transactions from read_committed readers (the embedded Tansu does not: the output of a transaction aborted
+    by a SIGKILL stays visible there, next to its replay)."""
+    keys = ["missing", "extra", "wrong_content", "dlq_missing"]
     if summary["broker_hides_aborted"]:
-        keys.append("duplicates")
+        keys += ["duplicates", "dlq_duplicates"]
     return [f"{k}={summary[k]}" for k in keys if summary[k]]
 
 

@@ -19,6 +19,7 @@ def test_short_chaos_run_loses_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.chaos
+@pytest.mark.timeout(3600)
 def test_full_chaos_run(tmp_path: Path) -> None:
     summary = run(Chaos(), tmp_path)
     print(orjson.dumps(summary).decode())

@@ -184,7 +184,8 @@ def read_topic(bootstrap: str, topic: str, until: Callable[[list[Message]], bool
         while not until(out) and time.monotonic() < deadline:
             out += [m for m in consumer.consume(500, 0.2) if not m.error()]
         # Whatever else is already there: a test that expects N must also see an (N+1)th.
-        out += [m for m in consumer.consume(500, 1.0) if not m.error()]
+        while more := consumer.consume(500, 1.0):
+            out += [m for m in more if not m.error()]
         return out
     finally:
         consumer.close()

@@ -1,0 +1,193 @@
+"""worker.config: WORKER_* environment -> validated Settings, readable errors, and librdkafka overrides per role."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from pydantic import ValidationError
+
+from worker.config import CONSUMER_ONLY, PRODUCER_ONLY, Settings, describe_errors
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    """No WORKER_* variable of the machine running the tests leaks in."""
+    for key in list(os.environ):
+        if key.startswith("WORKER_"):
+            monkeypatch.delenv(key)
+
+
+def test_defaults():
+    settings = Settings()
+    assert settings.kafka_bootstrap_servers == "localhost:9092"
+    assert settings.input_topics == ["qlik.group-events"]
+    assert settings.output_topic == "group-membership-changes"
+    assert settings.dlq_topic == "qlik.group-events.dlq"
+    assert settings.group_id == "group-events-worker"
+    assert settings.redis_url == "redis://localhost:6379/0"
+    assert settings.metrics_port == 9400
+    assert settings.processing_guarantee == "exactly_once"
+    assert settings.log_level == "INFO"
+    assert settings.batch_timeout_seconds == 900
+    assert settings.dedupe_ttl_seconds == 86_400
+    assert settings.transactional_id == ""
+
+
+def test_environment_overrides_defaults(monkeypatch):
+    monkeypatch.setenv("WORKER_METRICS_PORT", "9500")
+    monkeypatch.setenv("WORKER_PROCESSING_GUARANTEE", "at_least_once")
+    monkeypatch.setenv("WORKER_LOG_LEVEL", "debug")
+    monkeypatch.setenv("WORKER_BATCH_TIMEOUT_SECONDS", "1.5")
+    settings = Settings()
+    assert (settings.metrics_port, settings.processing_guarantee) == (9500, "at_least_once")
+    assert (settings.log_level, settings.batch_timeout_seconds) == ("DEBUG", 1.5)
+
+
+@pytest.mark.parametrize(
+    ("raw", "topics"),
+    [("a, b,,c", ["a", "b", "c"]), ("single", ["single"]), (" spaced ,", ["spaced"])],
+)
+def test_input_topics_are_a_comma_separated_list(monkeypatch, raw, topics):
+    monkeypatch.setenv("WORKER_INPUT_TOPICS", raw)
+    assert Settings().input_topics == topics
+
+
+@pytest.mark.parametrize("raw", ["", " , ,", ","])
+def test_empty_input_topics_are_rejected(monkeypatch, raw):
+    monkeypatch.setenv("WORKER_INPUT_TOPICS", raw)
+    with pytest.raises(ValidationError) as error:
+        Settings()
+    text = describe_errors(error.value)
+    assert "WORKER_INPUT_TOPICS" in text and "at least one input topic" in text
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("WORKER_METRICS_PORT", "abc"),
+        ("WORKER_METRICS_PORT", "70000"),
+        ("WORKER_PROCESSING_GUARANTEE", "maybe"),
+        ("WORKER_LOG_LEVEL", "chatty"),
+        ("WORKER_BATCH_SIZE", "0"),
+        ("WORKER_BATCH_TIMEOUT_SECONDS", "-1"),
+        ("WORKER_DEDUPE_TTL_SECONDS", "soon"),
+    ],
+)
+def test_bad_values_raise_and_describe_errors_names_the_variable(monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError) as error:
+        Settings()
+    text = describe_errors(error.value)
+    assert text.startswith("invalid configuration:")
+    assert variable in text
+    assert repr(value).lower() in text.lower()  # the value as given (log level upper-cased first)
+
+
+def test_describe_errors_lists_every_bad_variable(monkeypatch):
+    monkeypatch.setenv("WORKER_METRICS_PORT", "abc")
+    monkeypatch.setenv("WORKER_PROCESSING_GUARANTEE", "maybe")
+    with pytest.raises(ValidationError) as error:
+        Settings()
+    lines = describe_errors(error.value).splitlines()[1:]
+    assert len(lines) == 2
+    assert {line.split(":")[0].strip() for line in lines} == {"WORKER_METRICS_PORT", "WORKER_PROCESSING_GUARANTEE"}
+
+
+def test_settings_are_frozen():
+    settings = Settings()
+    with pytest.raises(ValidationError):
+        settings.metrics_port = 1  # type: ignore[misc]
+
+
+# --- librdkafka overrides -----------------------------------------------------------------------------------------
+
+KAFKA_ENV = {
+    "WORKER_KAFKA_BOOTSTRAP_SERVERS": "broker-1:9092,broker-2:9092",
+    "WORKER_KAFKA_SASL_MECHANISM": "PLAIN",
+    "WORKER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+    "WORKER_KAFKA_SESSION_TIMEOUT_MS": "45000",
+    "WORKER_KAFKA_AUTO_OFFSET_RESET": "earliest",
+    "WORKER_KAFKA_TRANSACTION_TIMEOUT_MS": "60000",
+    "WORKER_KAFKA_LINGER_MS": "5",
+    "WORKER_METRICS_PORT": "9400",  # not a Kafka setting
+    "OTHER_KAFKA_THING": "x",
+}
+
+
+def test_kafka_overrides_map_variables_to_librdkafka_names(monkeypatch):
+    monkeypatch.setenv("WORKER_KAFKA_BOOTSTRAP_SERVERS", "broker-1:9092,broker-2:9092")
+    overrides = Settings().kafka_overrides(environ=KAFKA_ENV)
+    assert overrides == {
+        "bootstrap.servers": "broker-1:9092,broker-2:9092",
+        "sasl.mechanism": "PLAIN",
+        "security.protocol": "SASL_SSL",
+        "session.timeout.ms": "45000",
+        "auto.offset.reset": "earliest",
+        "transaction.timeout.ms": "60000",
+        "linger.ms": "5",
+    }
+
+
+def test_kafka_overrides_always_include_bootstrap_servers():
+    assert Settings().kafka_overrides(environ={}) == {"bootstrap.servers": "localhost:9092"}
+    assert Settings().kafka_overrides("consumer", environ={})["bootstrap.servers"] == "localhost:9092"
+
+
+def test_kafka_overrides_read_os_environ_by_default(monkeypatch):
+    monkeypatch.setenv("WORKER_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    assert Settings().kafka_overrides("producer")["sasl.mechanism"] == "SCRAM-SHA-512"
+
+
+def test_consumer_only_settings_are_not_given_to_the_producer():
+    overrides = Settings().kafka_overrides("producer", environ=KAFKA_ENV)
+    assert "session.timeout.ms" not in overrides and "auto.offset.reset" not in overrides
+    assert overrides["transaction.timeout.ms"] == "60000" and overrides["linger.ms"] == "5"
+    assert overrides["sasl.mechanism"] == "PLAIN"
+
+
+def test_producer_only_settings_are_not_given_to_the_consumer():
+    overrides = Settings().kafka_overrides("consumer", environ=KAFKA_ENV)
+    assert "transaction.timeout.ms" not in overrides and "linger.ms" not in overrides
+    assert overrides["session.timeout.ms"] == "45000" and overrides["auto.offset.reset"] == "earliest"
+    assert overrides["sasl.mechanism"] == "PLAIN"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["group.instance.id", "max.poll.interval.ms", "enable.auto.commit", "isolation.level", "fetch.min.bytes"],
+)
+def test_more_consumer_only_names(name):
+    env = {"WORKER_KAFKA_" + name.upper().replace(".", "_"): "1"}
+    assert name not in Settings().kafka_overrides("producer", environ=env)
+    assert name in Settings().kafka_overrides("consumer", environ=env)
+    assert name.startswith(CONSUMER_ONLY) and not name.startswith(PRODUCER_ONLY)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["transactional.id", "enable.idempotence", "acks", "compression.type", "message.timeout.ms", "batch.size"],
+)
+def test_more_producer_only_names(name):
+    env = {"WORKER_KAFKA_" + name.upper().replace(".", "_"): "1"}
+    assert name not in Settings().kafka_overrides("consumer", environ=env)
+    assert name in Settings().kafka_overrides("producer", environ=env)
+
+
+@pytest.mark.parametrize("name", ["client.id", "socket.timeout.ms", "ssl.ca.location", "sasl.username"])
+def test_settings_of_both_roles_go_to_both(name):
+    env = {"WORKER_KAFKA_" + name.upper().replace(".", "_"): "v"}
+    for role in ("consumer", "producer", "any"):
+        assert Settings().kafka_overrides(role, environ=env)[name] == "v"
+
+
+@pytest.mark.parametrize("name", ["retry.backoff.ms", "retry.backoff.max.ms"])
+def test_global_retry_backoff_goes_to_the_consumer_too(name):
+    env = {"WORKER_KAFKA_" + name.upper().replace(".", "_"): "250"}
+    assert Settings().kafka_overrides("consumer", environ=env)[name] == "250"
+
+
+def test_effective_transactional_id(monkeypatch):
+    assert Settings().effective_transactional_id().startswith("group-events-worker-")
+    monkeypatch.setenv("WORKER_TRANSACTIONAL_ID", "fixed-id")
+    assert Settings().effective_transactional_id() == "fixed-id"
