@@ -7,15 +7,16 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import orjson
 import structlog
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from pydantic import ValidationError
 
-from worker import __version__, logs
+from worker import __version__, dlq, logs, ops
 from worker.config import Settings, describe_errors
 from worker.decode import header_pairs, header_text
 from worker.localstack import create_topics, embedded
@@ -157,10 +158,143 @@ def read_outputs(
     return records, dead
 
 
-COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
-    "run": (cmd_run, "run the worker until SIGTERM/SIGINT"),
-    "demo": (cmd_demo, "embedded stack + worker + sample events: print the records and DLQ entries, then exit"),
-    "sample-events": (cmd_sample_events, "send the sample events to the first input topic and exit"),
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        print("problem: " + describe_errors(error))
+        return 1
+    return ops.check(settings, args.timeout)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        return ops.validate(ops.input_lines(args.file), "stdin" if args.file == "-" else args.file)
+    except OSError as error:
+        print(f"cannot read {args.file}: {error.strerror}", file=sys.stderr)
+        return 2
+
+
+def cmd_dlq_inspect(args: argparse.Namespace) -> int:
+    return _dlq(dlq.inspect, args, limit=args.limit)
+
+
+def cmd_dlq_redrive(args: argparse.Namespace) -> int:
+    return _dlq(dlq.redrive, args, to_topic=args.to_topic, dry_run=args.dry_run)
+
+
+def _dlq(command: Callable[..., int], args: argparse.Namespace, **options: object) -> int:
+    try:
+        return command(load_settings(), _selection(args), _reading(args), **options)
+    except (dlq.OpsError, KafkaException) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def _selection(args: argparse.Namespace) -> dlq.Selection:
+    return dlq.Selection(args.reason, args.partition, args.from_offset, args.to_offset)
+
+
+def _reading(args: argparse.Namespace) -> dlq.Reading:
+    return dlq.Reading(timeout=args.timeout, quiet=args.quiet, progress=args.progress)
+
+
+# ---- registration ------------------------------------------------------------------------------------------
+
+Arguments = Callable[[argparse.ArgumentParser], None]
+
+
+@dataclass(frozen=True)
+class Command:
+    func: Callable[[argparse.Namespace], int]
+    help: str
+    arguments: Arguments | None = None
+
+
+@dataclass(frozen=True)
+class Group:
+    help: str
+    commands: Mapping[str, Command]
+
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--embedded",
+        action="store_true",
+        help="start a local Tansu broker / redis-server for whichever of WORKER_KAFKA_BOOTSTRAP_SERVERS "
+        "and WORKER_REDIS_URL is unset, and create the topics",
+    )
+
+
+def _check_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timeout", type=float, default=5, metavar="SECONDS", help="per service (default: 5)")
+
+
+def _validate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="JSON lines, one structured-mode CloudEvent per line; - for stdin")
+
+
+def _dlq_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--partition", type=int, metavar="P", help="only this DLQ partition (default: all)")
+    parser.add_argument("--from-offset", type=int, metavar="A", help="first DLQ offset to read, per partition")
+    parser.add_argument("--to-offset", type=int, metavar="B", help="last DLQ offset to read (inclusive)")
+    parser.add_argument("--timeout", type=float, default=10, metavar="SECONDS", help="for Kafka metadata (default: 10)")
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        default=10,
+        metavar="SECONDS",
+        help="stop after this long with nothing read (default: 10)",
+    )
+    parser.add_argument(
+        "--progress", type=int, default=10_000, metavar="N", help="a progress line on stderr every N messages"
+    )
+
+
+def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    _dlq_arguments(parser)
+    parser.add_argument("--reason", metavar="R", help="list only messages with this dlq.reason (counts cover all)")
+    parser.add_argument("--limit", type=int, default=20, metavar="N", help="messages listed (default: 20)")
+
+
+def _redrive_arguments(parser: argparse.ArgumentParser) -> None:
+    _dlq_arguments(parser)
+    parser.add_argument("--reason", metavar="R", help="only messages with this dlq.reason (e.g. not_json)")
+    parser.add_argument("--dry-run", action="store_true", help="print what would be sent; send nothing")
+    parser.add_argument(
+        "--to-topic", metavar="T", help="send here instead of each message's original topic (dlq.source.topic)"
+    )
+
+
+COMMANDS: dict[str, Command | Group] = {
+    "run": Command(cmd_run, "run the worker until SIGTERM/SIGINT", _run_arguments),
+    "demo": Command(cmd_demo, "embedded stack + worker + sample events: print the records and DLQ entries, then exit"),
+    "sample-events": Command(cmd_sample_events, "send the sample events to the first input topic and exit"),
+    "check": Command(
+        cmd_check,
+        "check Kafka, the input, output and DLQ topics, and Redis as configured; exit 1 on any problem",
+        _check_arguments,
+    ),
+    "validate": Command(
+        cmd_validate,
+        "print what the worker would emit for a file of events, without Kafka or Redis; exit 1 on any invalid line",
+        _validate_arguments,
+    ),
+    "dlq": Group(
+        "the dead-letter topic",
+        {
+            "inspect": Command(
+                cmd_dlq_inspect,
+                "read the DLQ topic from the start: counts per dlq.reason and the first messages",
+                _inspect_arguments,
+            ),
+            "redrive": Command(
+                cmd_dlq_redrive,
+                "re-send selected DLQ messages, without their dlq.* headers, to their original input topic",
+                _redrive_arguments,
+            ),
+        },
+    ),
 }
 
 
@@ -171,18 +305,20 @@ def build_parser() -> argparse.ArgumentParser:
         "Configuration comes from WORKER_* environment variables (see README).",
     )
     parser.add_argument("--version", action="version", version=__version__)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (func, help_text) in COMMANDS.items():
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(func=func)
-        if name == "run":
-            sub.add_argument(
-                "--embedded",
-                action="store_true",
-                help="start a local Tansu broker / redis-server for whichever of WORKER_KAFKA_BOOTSTRAP_SERVERS "
-                "and WORKER_REDIS_URL is unset, and create the topics",
-            )
+    _add_commands(parser, COMMANDS, "command")
     return parser
+
+
+def _add_commands(parser: argparse.ArgumentParser, commands: Mapping[str, Command | Group], dest: str) -> None:
+    subparsers = parser.add_subparsers(dest=dest, required=True, metavar="COMMAND")
+    for name, entry in commands.items():
+        sub = subparsers.add_parser(name, help=entry.help, description=entry.help)
+        if isinstance(entry, Group):
+            _add_commands(sub, entry.commands, f"{dest}_{name}")
+            continue
+        sub.set_defaults(func=entry.func)
+        if entry.arguments is not None:
+            entry.arguments(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

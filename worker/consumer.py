@@ -182,7 +182,14 @@ class Worker:
                 metrics.RETRIES.labels(cause).inc()
                 attempt += 1
                 self.health.retrying = f"{cause}: {error}"
-                log.warning("batch_retry", cause=cause, error=str(error), attempt=attempt, messages=len(messages))
+                log.warning(
+                    "batch_retry",
+                    cause=cause,
+                    error=str(error),
+                    attempt=attempt,
+                    messages=len(messages),
+                    commit_offsets=[f"{tp.topic}:{tp.partition}:{tp.offset}" for tp in offsets],
+                )
                 if not self._back_off(min(MAX_BACKOFF_S, 0.1 * 2**attempt)):
                     self._sink.abort()
                     self.health.retrying = None
