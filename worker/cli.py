@@ -20,7 +20,8 @@ from worker import __version__, dlq, logs, ops
 from worker.config import Settings, describe_errors
 from worker.decode import header_pairs, header_text
 from worker.localstack import create_topics, embedded
-from worker.samples import samples
+from worker.pipeline import DLQ_PREFIX
+from worker.samples import expected_counts, samples
 
 # Embedded Tansu joins a group in ~23 s with librdkafka's default timeouts; these make it a few seconds.
 FAST_GROUP_TIMEOUTS = {
@@ -103,6 +104,7 @@ def cmd_demo(_args: argparse.Namespace) -> int:
     from worker.consumer import Worker
 
     logs.configure("WARNING")
+    want_records, want_dlq = expected_counts()
     with _stack(embed=True) as settings:
         worker = Worker(settings)
         runner = threading.Thread(target=worker.run, name="worker")
@@ -112,7 +114,7 @@ def cmd_demo(_args: argparse.Namespace) -> int:
             print(f"sent {len(samples())} messages:")
             for sample in samples():
                 print(f"  - {sample.note}")
-            records, dead = read_outputs(settings, expected_records=10, expected_dlq=1, timeout=90)
+            records, dead = read_outputs(settings, expected_records=want_records, expected_dlq=want_dlq, timeout=90)
         finally:
             worker.stop()
             runner.join()
@@ -122,7 +124,7 @@ def cmd_demo(_args: argparse.Namespace) -> int:
     print(f"\n{len(dead)} messages on {settings.dlq_topic}:")
     for headers in dead:
         print("  " + orjson.dumps(headers).decode())
-    return 0 if len(records) == 10 and len(dead) == 1 else 1
+    return 0 if (len(records), len(dead)) == (want_records, want_dlq) else 1
 
 
 def read_outputs(
@@ -153,7 +155,7 @@ def read_outputs(
                 records.append(orjson.loads(message.value() or b"null"))
             else:
                 pairs = header_pairs(message.headers())
-                dead.append({k: header_text(v) or "" for k, v in pairs if k.startswith("dlq.")})
+                dead.append({k: header_text(v) or "" for k, v in pairs if k.startswith(DLQ_PREFIX)})
     consumer.close()
     return records, dead
 

@@ -11,8 +11,10 @@ import socket
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from worker.decode import Format
 
 ENV_PREFIX = "WORKER_"
 KAFKA_PREFIX = ENV_PREFIX + "KAFKA_"
@@ -73,6 +75,8 @@ class Settings(BaseSettings):
     timeout_scan_interval_seconds: float = Field(5, gt=0)
     flush_lease_seconds: float = Field(60, gt=0)
     transactional_id: str = ""
+    # "topic=ums,other=cloudevents": input topics whose format is fixed; the others detect it per message.
+    topic_formats: Annotated[dict[str, Format], NoDecode] = {}
 
     @field_validator("input_topics", mode="before")
     @classmethod
@@ -81,6 +85,18 @@ class Settings(BaseSettings):
             value = [t.strip() for t in value.split(",") if t.strip()]
         if isinstance(value, list) and not value:
             raise ValueError("at least one input topic is required")
+        return value
+
+    @field_validator("topic_formats", mode="before")
+    @classmethod
+    def _split_formats(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, str):
+            pairs = [pair.strip() for pair in value.split(",") if pair.strip()]
+            if bad := [pair for pair in pairs if pair.count("=") != 1 or not pair.split("=")[0].strip()]:
+                raise ValueError(f"expected topic=format pairs separated by commas, got {bad[0]!r}")
+            value = {t.strip(): f.strip().lower() for t, f in (pair.split("=") for pair in pairs)}
+        if isinstance(value, dict) and (unknown := set(value) - set(info.data.get("input_topics") or ())):
+            raise ValueError(f"not an input topic (WORKER_INPUT_TOPICS): {', '.join(sorted(unknown))}")
         return value
 
     @field_validator("log_level", mode="before")

@@ -39,6 +39,7 @@ from worker.output import (
 )
 from worker.pipeline import BatchResult, Processor
 from worker.redis_scripts import connect
+from worker.tenants import TenantGroups, TenantMetrics
 
 log = structlog.get_logger("worker.consumer")
 
@@ -90,7 +91,10 @@ class Worker:
             ),
             output_topic=settings.output_topic,
             dlq_topic=settings.dlq_topic,
+            tenants=TenantGroups(self._redis),
+            formats=settings.topic_formats,
         )
+        self._tenant_metrics = TenantMetrics()
         self._stopping = threading.Event()
         self._lost = False  # set by the rebalance callbacks while a batch waits for its retry
 
@@ -226,6 +230,7 @@ class Worker:
             metrics.DLQ.labels(reason).inc(n)
         for outcome, n in result.changes_closed.items():
             metrics.CHANGES_CLOSED.labels(outcome).inc(n)
+        self._tenant_metrics.publish(result.tenant_groups, result.tenant_limit_exceeded)
 
     # ---- Kafka callbacks and reports -------------------------------------------------------------------
 

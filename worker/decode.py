@@ -1,11 +1,16 @@
 """Decoding: Kafka message bytes and headers -> a validated `Event`, a `Skipped` unknown type, or a `Rejected`
 with the dead-letter reason. Pure: no I/O, never raises on bad input.
 
-Both CloudEvents Kafka binding modes are accepted:
-- binary: the context attributes are `ce_*` headers and the value is the event data;
-- structured: the value is the whole event as JSON (`content-type` `application/cloudevents+json`,
-  `application/json`, or absent). `data` may be an object, a string holding a JSON object, or `data_base64`.
-`datacontenttype` is not trusted for the shape of `data` (the Qlik examples say `"string"` with an object).
+Two input formats, which may share a topic:
+- CloudEvents, in both Kafka binding modes:
+  - binary: the context attributes are `ce_*` headers and the value is the event data;
+  - structured: the value is the whole event as JSON (`content-type` `application/cloudevents+json`,
+    `application/json`, or absent). `data` may be an object, a string holding a JSON object, or `data_base64`.
+  `datacontenttype` is not trusted for the shape of `data` (the Qlik examples say `"string"` with an object).
+- UMS user-group webhooks (`worker/ums.py`): the value is the JSON wrapper; no `ce_` headers.
+The format is recognised per message: any `ce_` header means CloudEvents; otherwise a JSON object without
+`specversion` but with `application` is a UMS webhook, anything else is taken as a structured CloudEvent.
+`format` (a per-topic setting) skips the detection: `"cloudevents"` never reads UMS, `"ums"` reads only UMS.
 """
 
 from __future__ import annotations
@@ -17,10 +22,13 @@ from typing import Any, Final, Literal
 
 import orjson
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from worker.models import DATA_MODELS, Envelope, Event
+from worker.ums import UMS_TYPE, UmsEnvelope, looks_like_ums
 
-Reason = Literal["not_json", "invalid_cloudevent", "invalid_data"]
+Reason = Literal["not_json", "invalid_cloudevent", "invalid_data", "invalid_ums_envelope", "invalid_ums_data"]
+Format = Literal["cloudevents", "ums"]
 HeaderValue = str | bytes | None
 Headers = list[tuple[str, HeaderValue]] | dict[str, HeaderValue] | None
 
@@ -47,7 +55,10 @@ class Skipped:
 Decoded = Event | Skipped | Rejected
 
 
-def decode(value: bytes | None, headers: Headers) -> Decoded:
+def decode(value: bytes | None, headers: Headers, format: Format | None = None) -> Decoded:
+    """`format` None: recognise the format from the message itself (see the module doc)."""
+    if format == "ums":
+        return _ums(_loads(value))
     attributes: dict[str, Any] = {}
     content_type: str | None = None
     for name, raw in header_pairs(headers):
@@ -56,24 +67,30 @@ def decode(value: bytes | None, headers: Headers) -> Decoded:
             attributes[lowered[len(BINARY_PREFIX) :]] = header_text(raw)
         elif lowered == "content-type":
             content_type = header_text(raw)
-    if "specversion" in attributes:
+    structured_type = (content_type or "").lower().startswith("application/cloudevents")
+    if "specversion" in attributes and not structured_type:  # the binding: this content type means structured
         return _binary(attributes, value)
-    return _structured(value, content_type)
+    return _structured(value, content_type, detect=format is None and not attributes)
 
 
 def _binary(attributes: dict[str, Any], value: bytes | None) -> Decoded:
+    """The headers decide first: an unknown type is skipped whatever its value; a known one whose value is not
+    JSON is `not_json`, named by its id and type."""
     data = _loads(value)
-    if isinstance(data, Rejected):
-        return data
-    return _validate(attributes, data)
+    decoded = _validate(attributes, data)
+    if isinstance(data, Rejected) and isinstance(decoded, Rejected) and decoded.reason == "invalid_data":
+        return Rejected(data.reason, data.detail, decoded.event_id, decoded.event_type)
+    return decoded
 
 
-def _structured(value: bytes | None, content_type: str | None) -> Decoded:
+def _structured(value: bytes | None, content_type: str | None, *, detect: bool) -> Decoded:
     if content_type and content_type.split(";", 1)[0].strip().lower() not in STRUCTURED_TYPES:
         return Rejected("invalid_cloudevent", f"unsupported content-type {content_type[:60]!r} without ce_ headers")
     event = _loads(value)
     if isinstance(event, Rejected):
         return event
+    if detect and looks_like_ums(event):
+        return _ums(event)
     if not isinstance(event, dict):
         return Rejected("invalid_cloudevent", f"event is a JSON {type(event).__name__}, not an object")
     data: Any = event.get("data")
@@ -112,6 +129,24 @@ def _validate(attributes: dict[str, Any], data: Any) -> Decoded:
     return Event(envelope, group)
 
 
+def _ums(message: Any) -> Decoded:
+    """A UMS webhook, parsed already (or a Rejected). Errors of the wrapper (`data` missing or not an object
+    included) win over those inside `data`."""
+    if isinstance(message, Rejected):
+        return Rejected(message.reason, message.detail, None, UMS_TYPE)
+    if not isinstance(message, dict):
+        shape = type(message).__name__
+        return Rejected("invalid_ums_envelope", f"webhook is a JSON {shape}, not an object", None, UMS_TYPE)
+    try:
+        envelope = UmsEnvelope.model_validate(message)
+    except ValidationError as error:
+        errors = error.errors(include_url=False)
+        wrapper = [e for e in errors if e["loc"][:1] != ("data",) or len(e["loc"]) == 1]
+        reason: Reason = "invalid_ums_envelope" if wrapper else "invalid_ums_data"
+        return Rejected(reason, _describe(wrapper or errors), _event_id(message) or None, UMS_TYPE)
+    return Event(envelope, envelope.data)
+
+
 def _reject(envelope: Envelope, reason: Reason, detail: str) -> Rejected:
     return Rejected(reason, detail, envelope.id, envelope.type)
 
@@ -140,7 +175,12 @@ def _event_id(attributes: dict[str, Any]) -> str | None:
 
 
 def _first_error(error: ValidationError, prefix: str = "") -> str:
-    first = error.errors(include_url=False)[0]
+    return _describe(error.errors(include_url=False), prefix)
+
+
+def _describe(errors: list[ErrorDetails], prefix: str = "") -> str:
+    """The first error, readable, with how many more there are."""
+    first = errors[0]
     location = ".".join(str(part) for part in first["loc"]) or "event"
-    more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{prefix}{location}: {first['msg']}{more}"[:300]

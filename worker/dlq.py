@@ -22,8 +22,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from worker.config import Settings
 from worker.decode import HeaderValue, header_pairs, header_text
+from worker.pipeline import DLQ_PREFIX
 
-DLQ_PREFIX = "dlq."
 READER_GROUP = "group-events-worker-ops"  # required by librdkafka; never joined nor committed (assign only)
 NO_REASON = "(none)"
 FLUSH_TIMEOUT = 60.0

@@ -21,5 +21,16 @@ BATCH_SECONDS = Histogram(
 REBALANCES = Counter("worker_rebalances", "Partition assignments and revocations", ["kind"])
 RETRIES = Counter("worker_batch_retries", "Batches retried after a Redis or Kafka failure", ["cause"])
 READY = Gauge("worker_ready", "1 when Kafka and Redis are reachable and partitions are assigned")
+# Tenant group limits (worker/tenants.py). The tenant label exists only for the 20 largest tenants a worker
+# saw, so the series stay bounded; the histogram covers every tenant.
+TENANT_GROUPS = Gauge("worker_tenant_groups", "Live groups of a tenant, for the 20 largest tenants seen", ["tenant"])
+TENANT_GROUP_COUNT = Histogram(
+    "worker_tenant_group_count",
+    "Live groups of a tenant, observed at every change of its count",
+    buckets=(10, 100, 1000, 5000, 9000, 10_000, 20_000),
+)
+TENANT_GROUP_LIMIT_EXCEEDED = Counter(
+    "worker_tenant_group_limit_exceeded", "Group creations that left a tenant above 10,000 live groups"
+)
 BUILD = Info("worker_build", "Worker version")
 BUILD.info({"version": __version__})

@@ -1,4 +1,5 @@
-"""Pydantic models of the input: the CloudEvents envelope and the data of the four Qlik group event types.
+"""Pydantic models of the input: the CloudEvents envelope and the data of the four Qlik group event types,
+and `Event`, what decoding gives for either input format (the UMS webhook models are in `worker/ums.py`).
 
 Field rules follow the seed (`tests/fixtures/qlik-group-events.txt` is the source document): required fields
 are required, enums are closed, unknown extra fields are ignored so newer producers do not break us.
@@ -8,10 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 from pydantic.alias_generators import to_camel
+
+if TYPE_CHECKING:  # ums.py builds on this module; Event only names its types
+    from worker.ums import UmsEnvelope, UmsGroup
 
 GROUP_CREATED = "com.qlik.v1.group.created"
 GROUP_UPDATED = "com.qlik.v1.group.updated"
@@ -20,6 +24,18 @@ USERS_MODIFIED = "com.qlik.v1.group.users.modified"
 
 # Qlik Cloud limits group names to 256 characters (API changelog, "Group validation updates").
 MAX_GROUP_NAME = 256
+
+
+def _rfc3339_text(value: object) -> object:
+    """Timestamps come as RFC 3339 text; a number is not one (pydantic would read it as epoch seconds)."""
+    if not isinstance(value, str | datetime):
+        raise ValueError("must be an RFC 3339 timestamp string")
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text)]
+# Producers that serialise empty lists as null (Go's nil slices) mean "none".
+EmptyIfNull = BeforeValidator(lambda value: [] if value is None else value)
 
 
 class _Wire(BaseModel):
@@ -47,19 +63,19 @@ class Group(_Wire):
     idp_id: str | None = None
     status: Literal["active", "disabled"]
     tenant_id: str = Field(min_length=1)
-    created_at: AwareDatetime
+    created_at: Timestamp
     created_by: str | None = None
     updated_by: str | None = None
     description: str | None = None
     provider_type: Literal["idp", "custom"] | None = None
-    assigned_roles: list[Role] = []
-    last_updated_at: AwareDatetime
+    assigned_roles: Annotated[list[Role], EmptyIfNull] = []
+    last_updated_at: Timestamp
 
 
 class GroupUpdate(Group):
     """`data` of group.updated."""
 
-    updates: list[Update] = []
+    updates: Annotated[list[Update], EmptyIfNull] = []
 
 
 class UsersModified(GroupUpdate):
@@ -70,7 +86,7 @@ class UsersModified(GroupUpdate):
     """
 
     deleted: bool = False
-    affected_users: list[str] = []
+    affected_users: Annotated[list[str], EmptyIfNull] = []
     fully_processed: bool = True
 
 
@@ -91,7 +107,7 @@ class Envelope(BaseModel):
     id: str = Field(min_length=1)
     source: str = Field(min_length=1)
     type: str = Field(min_length=1)
-    time: AwareDatetime | None = None
+    time: Timestamp | None = None
     datacontenttype: str | None = None
     userid: str | None = None
     tenantid: str | None = None
@@ -99,10 +115,12 @@ class Envelope(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A decoded, validated event of a known type."""
+    """A decoded, validated event of a known type: a CloudEvent (`Envelope`, a `Group` model) or a UMS webhook
+    (`UmsEnvelope`, its `UmsGroup` data). Both envelopes name the event by `source`, `type` and `id`, and both
+    data carry `tenant_id`: deduplication and record ids read only those, whichever the format."""
 
-    envelope: Envelope
-    data: Group
+    envelope: Envelope | UmsEnvelope
+    data: Group | UmsGroup
 
 
 def rfc3339(value: datetime) -> str:

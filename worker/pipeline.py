@@ -1,5 +1,6 @@
-"""Processing of one batch: decode -> dedupe -> reassemble -> records. Knows Redis (through the stores) but
-not Kafka: it takes messages and returns the output messages plus what to settle once Kafka confirmed them.
+"""Processing of one batch: decode -> dedupe -> reassemble -> records -> tenant group counts. Knows Redis
+(through the stores) but not Kafka: it takes messages and returns the output messages plus what to settle and
+count once Kafka confirmed them.
 
 Everything it writes to Redis is tagged with the input position (or a timeout lease token), so running the
 same batch again after any failure returns the same outputs: the loop may retry or replay freely.
@@ -11,14 +12,14 @@ import itertools
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
 
 from worker.changes import ChangeStore, Closed
-from worker.decode import Headers, Rejected, Skipped, decode, header_pairs
+from worker.decode import Format, Headers, Rejected, Skipped, decode, header_pairs
 from worker.dedupe import Deduper
 from worker.models import DATA_MODELS, Event, UsersModified
 from worker.reassembly import Part, TimeoutOutcome
@@ -32,8 +33,14 @@ from worker.records import (
     membership_change,
     record_key,
 )
+from worker.tenants import GROUP_LIMIT, GroupCount, TenantGroups, counted, exceeds_limit
+from worker.ums import UMS_TYPE
 
 log = structlog.get_logger("worker.pipeline")
+
+# Dead-letter headers, defined once: the reason and detail, and where the message came from.
+DLQ_PREFIX = "dlq."
+
 
 JSON_HEADERS: list[tuple[str, str | bytes | None]] = [("content-type", b"application/json")]
 
@@ -66,6 +73,8 @@ class BatchResult:
     records: Counter[str] = field(default_factory=Counter)  # schema
     dlq: Counter[str] = field(default_factory=Counter)  # reason
     changes_closed: Counter[str] = field(default_factory=Counter)  # complete | timed_out
+    tenant_groups: dict[str, int] = field(default_factory=dict)  # tenant -> live groups after this batch
+    tenant_limit_exceeded: int = 0  # group creations that left their tenant above the limit
 
 
 def position(message: Message) -> str:
@@ -74,13 +83,25 @@ def position(message: Message) -> str:
 
 def type_label(event_type: str) -> str:
     """Bounded label values: producers choose event types, Prometheus must not grow with them."""
-    return event_type if event_type in DATA_MODELS else "other"
+    return event_type if event_type in DATA_MODELS or event_type == UMS_TYPE else "other"
 
 
 class Processor:
-    def __init__(self, deduper: Deduper, changes: ChangeStore, *, output_topic: str, dlq_topic: str) -> None:
-        self._deduper, self._changes = deduper, changes
+    def __init__(
+        self,
+        deduper: Deduper,
+        changes: ChangeStore,
+        *,
+        output_topic: str,
+        dlq_topic: str,
+        tenants: TenantGroups | None = None,
+        formats: Mapping[str, Format] | None = None,
+    ) -> None:
+        """`tenants` None: no tenant group counts. `formats`: input topic -> its format, where it is not detected
+        per message."""
+        self._deduper, self._changes, self._tenants = deduper, changes, tenants
         self._output_topic, self._dlq_topic = output_topic, dlq_topic
+        self._formats = dict(formats or {})
         self._instance = uuid.uuid4().hex[:12]
         self._flushes = itertools.count()
 
@@ -88,7 +109,7 @@ class Processor:
         result = BatchResult()
         events: list[tuple[Message, Event]] = []
         for message in messages:
-            decoded = decode(message.value(), message.headers())
+            decoded = decode(message.value(), message.headers(), self._formats.get(message.topic() or ""))
             if isinstance(decoded, Event):
                 events.append((message, decoded))
             elif isinstance(decoded, Skipped):
@@ -97,7 +118,8 @@ class Processor:
                 self._dead_letter(message, decoded, result)
 
         fresh = self._deduper.claim([(event, position(m)) for m, event in events])
-        parts: list[tuple[ChangeInfo, Part, Event]] = []
+        parts: list[tuple[ChangeInfo, Part]] = []
+        group_counts: list[GroupCount] = []
         for (message, event), first in zip(events, fresh, strict=True):
             label = event.envelope.type  # a known type: bounded
             if not first:
@@ -111,18 +133,22 @@ class Processor:
                     tuple(event.data.affected_users),
                     event.data.fully_processed,
                 )
-                parts.append((change_info(event), part, event))
+                parts.append((change_info(event), part))
             else:
-                self._emit(result, group_change(event))
+                record = group_change(event)
+                self._emit(result, record)
+                if (count := counted(record)) is not None:
+                    group_counts.append(count)
 
-        closures = self._changes.apply_parts([(info, part) for info, part, _ in parts], _now_ms())
-        for (info, _part, _event), closed in zip(parts, closures, strict=True):
+        closures = self._changes.apply_parts(parts, _now_ms())
+        for (info, _part), closed in zip(parts, closures, strict=True):
             if closed is None:
                 continue
             if not closed.emission.late:
                 result.closed.append(info["change_id"])
                 result.changes_closed["complete"] += 1
             self._emit_closure(result, closed)
+        self._count_tenant_groups(group_counts, result)
         return result
 
     def flush_timeouts(self, limit: int = 200) -> BatchResult:
@@ -150,6 +176,22 @@ class Processor:
     def open_changes(self) -> int:
         return self._changes.open_changes()
 
+    def _count_tenant_groups(self, changes: Sequence[GroupCount], result: BatchResult) -> None:
+        """First-seen creations and deletions into the tenants' live group sets (no round trip without any)."""
+        if self._tenants is None or not changes:
+            return
+        for change, size in zip(changes, self._tenants.apply(changes), strict=True):
+            result.tenant_groups[change.tenant_id] = size
+            if exceeds_limit(change, size):
+                result.tenant_limit_exceeded += 1
+                log.warning(
+                    "tenant_group_limit_exceeded",
+                    tenant=change.tenant_id,
+                    groups=size,
+                    limit=GROUP_LIMIT,
+                    event_id=change.event_id,
+                )
+
     def _emit_closure(self, result: BatchResult, closed: Closed) -> None:
         emission = closed.emission
         for user, event_id in emission.users:
@@ -161,14 +203,16 @@ class Processor:
         result.records[record["schema"]] += 1
 
     def _dead_letter(self, message: Message, rejected: Rejected, result: BatchResult) -> None:
-        headers = header_pairs(message.headers())
-        headers += [
-            ("dlq.reason", rejected.reason.encode()),
-            ("dlq.detail", rejected.detail.encode()),
-            ("dlq.source.topic", str(message.topic()).encode()),
-            ("dlq.source.partition", str(message.partition()).encode()),
-            ("dlq.source.offset", str(message.offset()).encode()),
-        ]
+        # A message that failed before (redriven by hand) keeps only this failure's dlq.* headers.
+        headers = [(k, v) for k, v in header_pairs(message.headers()) if not k.startswith(DLQ_PREFIX)]
+        dead_letter = {
+            "reason": rejected.reason,
+            "detail": rejected.detail,
+            "source.topic": message.topic(),
+            "source.partition": message.partition(),
+            "source.offset": message.offset(),
+        }
+        headers += [(DLQ_PREFIX + name, str(value).encode()) for name, value in dead_letter.items()]
         result.outputs.append(Output(self._dlq_topic, message.key(), message.value(), headers))
         result.dlq[rejected.reason] += 1
         result.events[type_label(rejected.event_type or ""), "invalid"] += 1

@@ -2,7 +2,9 @@
 
 Two shapes, both JSON objects keyed `"<tenant_id>:<group_id>"` on the output topic:
 - `membership_change/v1`: one per (change, affected user) of a `users.modified` change;
-- `group_change/v1`: one per group created/updated/deleted event.
+- `group_change/v1`: one per group created/updated/deleted event, from either input format: a Qlik Cloud
+  CloudEvent (`source_system: "qlik-cloud"`) or a UMS webhook (`"ums"`), so both make one stream. Fields one
+  format does not have are null or empty in its records. Fields are only ever added to a schema version.
 `record_id` is a digest of what identifies the record, so any copy of a record has the same id.
 The JSON Schemas in `worker/schemas/` are generated from the TypedDicts below (`make schemas`).
 """
@@ -23,10 +25,12 @@ from worker.models import (
     GROUP_DELETED,
     GROUP_UPDATED,
     Event,
+    Group,
     GroupUpdate,
     UsersModified,
     rfc3339,
 )
+from worker.ums import UmsEnvelope
 
 MEMBERSHIP: Final = "membership_change/v1"
 GROUP: Final = "group_change/v1"
@@ -80,7 +84,7 @@ class GroupChange(TypedDict):
     tenant_id: str
     group_id: str
     group_name: str
-    change: Literal["created", "updated", "deleted"]
+    change: Literal["created", "updated", "deleted", "deactivated"]  # deactivated: UMS only
     status: Literal["active", "disabled"]
     provider_type: Literal["idp", "custom"] | None
     idp_id: str | None
@@ -88,6 +92,10 @@ class GroupChange(TypedDict):
     updates: list[UpdateRecord]
     occurred_at: str
     event_id: str
+    source_system: Literal["qlik-cloud", "ums"]
+    parent_group_id: str | None  # UMS only
+    external_id: str | None  # UMS only
+    manager_ids: list[str]  # UMS only
 
 
 def digest(*parts: str) -> str:
@@ -122,10 +130,34 @@ def membership_change(info: ChangeInfo, user_id: str, event_id: str, *, complete
 
 
 def group_change(event: Event) -> GroupChange:
+    """The record of a group created/updated/deleted event (a UMS webhook, or a CloudEvent of those types)."""
     envelope, data = event.envelope, event.data
+    record_id = digest(GROUP, data.tenant_id, envelope.source, envelope.type, envelope.id)
+    if isinstance(envelope, UmsEnvelope):
+        ums = envelope.data
+        return {
+            "schema": GROUP,
+            "record_id": record_id,
+            "tenant_id": ums.tenant_id,
+            "group_id": ums.group_id,
+            "group_name": ums.name,
+            "change": ums.change,
+            "status": "disabled" if ums.is_deactivated else "active",
+            "provider_type": None,
+            "idp_id": None,
+            "assigned_roles": [],
+            "updates": [],
+            "occurred_at": rfc3339(envelope.event_time),
+            "event_id": envelope.id,
+            "source_system": "ums",
+            "parent_group_id": ums.parent_id,
+            "external_id": ums.external_id,
+            "manager_ids": list(ums.manager_ids),
+        }
+    assert isinstance(data, Group)  # a CloudEvents envelope comes with a CloudEvents data model
     return {
         "schema": GROUP,
-        "record_id": digest(GROUP, data.tenant_id, envelope.source, envelope.type, envelope.id),
+        "record_id": record_id,
         "tenant_id": data.tenant_id,
         "group_id": data.id,
         "group_name": data.name,
@@ -137,6 +169,10 @@ def group_change(event: Event) -> GroupChange:
         "updates": _updates(data),
         "occurred_at": rfc3339(data.last_updated_at),
         "event_id": envelope.id,
+        "source_system": "qlik-cloud",
+        "parent_group_id": None,
+        "external_id": None,
+        "manager_ids": [],
     }
 
 

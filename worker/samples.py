@@ -1,6 +1,7 @@
 """Sample input for `demo`, `sample-events` and the compose producer: the four seed examples verbatim
-(structured mode), a users.modified change split into three parts sent out of order (binary mode), one
-duplicate of a part on another partition, and one poison message.
+(structured mode), the UMS webhook seed example verbatim (the second input format, on the same topic), a
+users.modified change split into three parts sent out of order (binary mode), one duplicate of a part on
+another partition, and one poison message. `expected_counts` says what the worker makes of them.
 """
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ from importlib.resources import files
 
 import orjson
 
-from worker.models import USERS_MODIFIED
+from worker.decode import Rejected, decode
+from worker.dedupe import dedupe_key
+from worker.models import USERS_MODIFIED, Event, UsersModified
+from worker.records import change_info
 
 SEED_EXAMPLES = ("group-created", "group-updated", "group-deleted", "group-users-modified")
+UMS_EXAMPLE = "ums-usergroup-updated"
 TENANT = "VZhiEfgW2bLd7HgR-jjzAh6VnicipweT"
 
 
@@ -55,6 +60,7 @@ def samples() -> list[Sample]:
         Sample(0, seed_example(name), [("content-type", b"application/cloudevents+json")], f"seed {name}")
         for name in SEED_EXAMPLES
     ]
+    out.append(Sample(0, seed_example(UMS_EXAMPLE), [("content-type", b"application/json")], "seed UMS webhook"))
     parts = [
         split_change_part(1, ["user-a", "user-b"], final=False),
         split_change_part(2, ["user-c", "user-d"], final=False),
@@ -69,3 +75,23 @@ def samples() -> list[Sample]:
     out.append(Sample(1 - duplicate.partition, duplicate.value, duplicate.headers, "duplicate of part 2"))
     out.append(Sample(0, b"{not json", [], "poison message"))
     return out
+
+
+def expected_counts(messages: list[Sample] | None = None) -> tuple[int, int]:
+    """(records, DLQ messages) the worker makes of `messages` (default: `samples()`), sent once: what `demo`
+    waits for. One record per distinct group event, one per distinct (change, user), one DLQ message per bad one."""
+    seen: set[str] = set()
+    users: set[tuple[str, str]] = set()
+    records = dead = 0
+    for sample in samples() if messages is None else messages:
+        decoded = decode(sample.value, sample.headers)
+        if isinstance(decoded, Rejected):
+            dead += 1
+        elif isinstance(decoded, Event) and dedupe_key(decoded) not in seen:
+            seen.add(dedupe_key(decoded))
+            if isinstance(decoded.data, UsersModified):
+                change_id = change_info(decoded)["change_id"]
+                users.update((change_id, user) for user in decoded.data.affected_users)
+            else:
+                records += 1
+    return records + len(users), dead

@@ -153,6 +153,10 @@ def test_validate_prints_the_records_the_worker_would_emit_and_a_note_per_bad_li
         "updates": [],
         "occurred_at": "2021-03-22T10:01:02.000Z",
         "event_id": "A234-1234-1234",
+        "source_system": "qlik-cloud",
+        "parent_group_id": None,
+        "external_id": None,
+        "manager_ids": [],
     }
     change = [i for i in items if i.get("group_id") == "g-1"]
     assert len({i["change_id"] for i in change}) == 1

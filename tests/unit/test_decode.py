@@ -202,11 +202,6 @@ def test_unknown_event_type_is_skipped_not_rejected(mode, structured, binary):
     [None, b"", b"<user/>"],
     ids=["no value (event without data)", "empty value", "XML value"],
 )
-@pytest.mark.xfail(
-    reason="BUG decode.py:_binary parses the value before looking at ce_type, so a binary-mode event of a type "
-    "the worker does not handle, with no data or non-JSON data, is dead-lettered as not_json instead of skipped",
-    strict=True,
-)
 def test_unknown_event_type_in_binary_mode_is_skipped_whatever_its_data(value):
     headers = [("ce_specversion", b"1.0"), ("ce_id", b"x-1"), ("ce_source", b"s"), ("ce_type", b"com.qlik.v1.app.x")]
     assert decode(value, headers) == Skipped("com.qlik.v1.app.x", "x-1")
@@ -430,11 +425,6 @@ def test_binary_mode_with_a_value_that_is_not_json_is_not_json(value, binary):
     assert result.detail
 
 
-@pytest.mark.xfail(
-    reason="BUG decode.py:_binary returns the not_json Rejected of _loads before validating the ce_ headers, so "
-    "event_id/event_type stay None although the envelope is valid (structured mode fills them for bad data)",
-    strict=True,
-)
 def test_binary_mode_not_json_rejection_names_the_event(binary):
     _, headers = binary()
     result = decode(b"not json", headers)
@@ -497,12 +487,6 @@ def test_decode_never_raises_on_mutated_seed_json(envelope, data, seed_event):
         assert result.detail and len(result.detail) <= 300
 
 
-@pytest.mark.xfail(
-    reason="SPEC decode.py:decode picks binary mode whenever a ce_specversion header exists; the CloudEvents Kafka "
-    "binding says a content-type starting with application/cloudevents means structured mode, so a structured "
-    "event whose producer also copied its attributes into ce_ headers is rejected as invalid_data",
-    strict=True,
-)
 def test_structured_content_type_wins_over_copied_ce_headers(seed_bytes, decoded):
     headers = [
         ("content-type", b"application/cloudevents+json"),
@@ -513,3 +497,15 @@ def test_structured_content_type_wins_over_copied_ce_headers(seed_bytes, decoded
         ("ce_tenantid", TENANT.encode()),
     ]
     assert_seed_event(decoded(seed_bytes["group-created"], headers), "group-created")
+
+
+def test_null_lists_mean_none_and_timestamps_must_be_text(seed_bytes):
+    event = orjson.loads(seed_bytes["group-users-modified"])
+    event["data"].update(assignedRoles=None, updates=None, affectedUsers=None)
+    decoded = decode(orjson.dumps(event), None)
+    assert isinstance(decoded, Event)
+    assert (decoded.data.assigned_roles, decoded.data.updates, decoded.data.affected_users) == ([], [], [])
+    event["data"]["createdAt"] = 0
+    rejected = decode(orjson.dumps(event), None)
+    assert isinstance(rejected, Rejected) and rejected.reason == "invalid_data"
+    assert "createdAt" in rejected.detail and "RFC 3339" in rejected.detail

@@ -78,7 +78,7 @@ def test_samples_end_with_one_poison_message_rejected_as_not_json(decoded_sample
 
 
 def test_sample_mix(decoded_samples):
-    assert len(decoded_samples) == 9
+    assert len(decoded_samples) == 10
     kinds = Counter(type(r).__name__ for _, r in decoded_samples)
-    assert kinds == {"Event": 8, "Rejected": 1}
+    assert kinds == {"Event": 9, "Rejected": 1}
     assert {s.partition for s, _ in decoded_samples} == {0, 1}
