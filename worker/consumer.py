@@ -44,6 +44,9 @@ from worker.tenants import TenantGroups, TenantMetrics
 log = structlog.get_logger("worker.consumer")
 
 MAX_BACKOFF_S = 5.0
+# Records one batch may hold in memory: after a batch that emitted more (large users.modified changes), the
+# next polls fewer messages, so memory stays bounded whatever the fan-out.
+OUTPUT_BUDGET = 20_000
 LAG_INTERVAL_S = 5.0
 
 
@@ -63,6 +66,8 @@ class Worker:
                 "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
                 "partition.assignment.strategy": "range",
+                # Prefetch bounded to 16 MB (librdkafka's default is 64 MB): memory, not throughput, is short.
+                "queued.max.messages.kbytes": 16384,
                 "error_cb": self._on_kafka_error,
                 "logger": KAFKA_LOGGER,
                 **kafka,
@@ -137,13 +142,15 @@ class Worker:
         )
         wait_s = s.batch_max_wait_ms / 1000
         next_scan = next_lag = 0.0
+        size = s.batch_size
         try:
             while not self._stopping.is_set():
-                messages = self._consumer.consume(s.batch_size, wait_s)
+                messages = self._consumer.consume(size, wait_s)
                 self.health.polled()
                 batch = [m for m in messages if self._usable(m)]
                 if batch:
-                    self._run_batch(functools.partial(self._processor.process, batch), batch)
+                    outputs = self._run_batch(functools.partial(self._processor.process, batch), batch)
+                    size = max(1, min(s.batch_size, len(batch) * OUTPUT_BUDGET // max(1, outputs), size * 2))
                 now = time.monotonic()
                 if now >= next_scan and self.health.assigned:
                     next_scan = now + s.timeout_scan_interval_seconds
@@ -157,7 +164,8 @@ class Worker:
 
     # ---- one batch -------------------------------------------------------------------------------------
 
-    def _run_batch(self, work: Callable[[], BatchResult], messages: Sequence[Message]) -> None:
+    def _run_batch(self, work: Callable[[], BatchResult], messages: Sequence[Message]) -> int:
+        """Process and commit one batch (retrying as needed); the number of output messages it committed."""
         started = time.perf_counter()
         offsets = offsets_after(messages)
         self._lost = False
@@ -168,7 +176,7 @@ class Worker:
                 if result is None:
                     produced = work()
                     if not produced.outputs and not offsets and not produced.closed:
-                        return
+                        return 0
                     self._sink.begin()
                     self._sink.send(produced.outputs)
                     result = produced
@@ -177,7 +185,7 @@ class Worker:
             except PartitionsLost as error:
                 self._sink.abort()
                 log.warning("batch_dropped_partitions_lost", error=str(error), messages=len(messages))
-                return
+                return 0
             except (RetryBatch, redis.RedisError) as error:
                 if not isinstance(error, CommitUncertain):
                     self._sink.abort()
@@ -198,7 +206,7 @@ class Worker:
                     self._sink.abort()
                     self.health.retrying = None
                     log.warning("batch_abandoned", reason="stopping" if self._stopping.is_set() else "revoked")
-                    return
+                    return 0
         self.health.retrying = None
         self._count(result)
         try:
@@ -206,6 +214,7 @@ class Worker:
         except redis.RedisError as error:  # leases expire and deadlines are re-checked: nothing is lost
             log.warning("settle_failed", error=str(error))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        return len(result.outputs)
 
     def _back_off(self, delay: float) -> bool:
         """Wait with every partition paused, serving rebalances; False if the batch must be given up."""

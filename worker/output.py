@@ -61,7 +61,7 @@ class Sink:
         for out in outputs:
             while True:
                 try:
-                    produce(out.topic, out.value, out.key, headers=out.headers, on_delivery=self._delivered)
+                    produce(out.topic, out.value, out.key, headers=out.headers)
                     break
                 except BufferError:  # local queue full: let deliveries drain
                     self._producer.poll(0.05)
@@ -76,13 +76,12 @@ class Sink:
     def close(self, timeout: float) -> None:
         self._producer.flush(timeout)
 
-    def _delivered(self, error: KafkaError | None, _message: object) -> None:
-        """Delivery callback; the transactional sink learns about failures from commit_transaction."""
-
 
 class AtLeastOnceSink(Sink):
     def __init__(self, config: dict[str, Any], consumer: Any, timeout: float) -> None:
-        super().__init__({**config, "enable.idempotence": True, "acks": "all"}, consumer, timeout)
+        # A delivery report per message only here: the transactional sink learns of failures from its commit.
+        config = {**config, "enable.idempotence": True, "acks": "all", "on_delivery": self._delivered}
+        super().__init__(config, consumer, timeout)
         self._error: KafkaError | None = None
 
     def commit(self, offsets: list[TopicPartition]) -> None:

@@ -12,7 +12,7 @@ from tests.chaos.chaos import Chaos, failed, run
 
 @pytest.mark.integration
 def test_short_chaos_run_loses_nothing(tmp_path: Path) -> None:
-    summary = run(Chaos(events=3_000, rate=500, kill_every=5.0), tmp_path)
+    summary = run(Chaos(events=3_000, rate=100, kill_every=7.0), tmp_path)
     print(orjson.dumps(summary).decode())
     assert summary["kills"] >= 1 and summary["poison"] >= 1
     assert failed(summary) == []
