@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 # The venv's bin first on PATH: tests find the checkers installed there (hadolint, docker-compose).
 PYTEST := PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest
 
-.PHONY: install run demo test unit integration chaos lint fmt schemas clean
+.PHONY: install run demo test unit integration chaos bench bench-quick lint fmt schemas clean
 
 install: $(VENV)/.installed
 
@@ -39,10 +39,19 @@ integration: install
 chaos: install
 	$(PYTEST) tests/chaos -m chaos -s $(PYTEST_ARGS)
 
+## Throughput, latency, memory and Redis round trips of the worker against a bare passthrough, on the
+## embedded stack, with a py-spy profile (several minutes); writes bench/RESULTS.md.
+bench: install
+	$(PY) -m bench.run --profile
+
+## The same, ten times smaller and without profile (about a minute); writes bench/RESULTS-quick.md (git-ignored).
+bench-quick: install
+	$(PY) -m bench.run --quick
+
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy --strict worker
+	$(PY) -m mypy --strict worker bench
 
 fmt: install
 	$(PY) -m ruff format .

@@ -46,7 +46,7 @@ log = structlog.get_logger("worker.consumer")
 MAX_BACKOFF_S = 5.0
 # Records one batch may hold in memory: after a batch that emitted more (large users.modified changes), the
 # next polls fewer messages, so memory stays bounded whatever the fan-out.
-OUTPUT_BUDGET = 20_000
+OUTPUT_BUDGET = 5_000
 LAG_INTERVAL_S = 5.0
 
 

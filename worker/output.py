@@ -81,6 +81,7 @@ class AtLeastOnceSink(Sink):
     def __init__(self, config: dict[str, Any], consumer: Any, timeout: float) -> None:
         # A delivery report per message only here: the transactional sink learns of failures from its commit.
         config = {**config, "enable.idempotence": True, "acks": "all", "on_delivery": self._delivered}
+        config.setdefault("delivery.report.only.error", True)
         super().__init__(config, consumer, timeout)
         self._error: KafkaError | None = None
 

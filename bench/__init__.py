@@ -1,0 +1,1 @@
+"""Throughput, latency and resource benchmark of the worker on the embedded stack: `python -m bench.run`."""

