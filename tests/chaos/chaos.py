@@ -37,6 +37,7 @@ class Chaos:
     rate: float = 4_000  # produced events per second
     kill_every: float = 8.0
     workers: int = 3
+    scale: bool = True  # scale 3 -> 1 -> 3 during the run
     seed: int = 11
     log: list[str] = field(default_factory=list)
 
@@ -107,13 +108,9 @@ def run(config: Chaos, workdir: Path) -> dict[str, Any]:
         feed = Feed(stack.bootstrap, stack.input_topic, corpus, config.rate)
         feed.start()
         feed_seconds = len(corpus.messages) / config.rate
-        plan = sorted(
-            [
-                (feed_seconds * 0.35, "restart redis"),
-                (feed_seconds * 0.5, "scale down"),
-                (feed_seconds * 0.7, "scale up"),
-            ]
-        )
+        plan = [(feed_seconds * 0.35, "restart redis")]
+        if config.scale:
+            plan += [(feed_seconds * 0.5, "scale down"), (feed_seconds * 0.7, "scale up")]
         next_kill = time.monotonic() + config.kill_every
         t0 = last_action = time.monotonic()
         while feed.is_alive() or plan:
