@@ -298,9 +298,10 @@ METHOD = """## Method
 - Redis round trips are counted directly: every request redis-py sends (one command, one whole pipeline, a
   health-check PING, the connection handshake) is one `send_packed_command` call, counted in the worker
   process and scraped from its `/metrics` (`bench_redis_round_trips_total`) before it stops. Per batch the
-  worker sends the dedupe pipeline, the parts pipeline (when the batch has `users.modified` parts) and a
-  `ZREM` of closed changes, plus `ZRANGEBYSCORE` + `ZCARD` every timeout scan (5 s): the estimate
-  (2-3 * batches + 2 * scans) / input events agrees with the count. "Redis cmds/event" is
+  worker sends the dedupe pipeline (`SET NX`, plus a `GET` pipeline when some event was claimed already), the
+  parts pipeline (when the batch has `users.modified` parts), the tenant groups pipeline (when it has group
+  creations or deletions) and a `ZREM` of closed changes, plus `ZRANGEBYSCORE` + `ZCARD` every timeout scan
+  (5 s): the estimate (2-5 * batches + 2 * scans) / input events agrees with the count. "Redis cmds/event" is
   `total_commands_processed` (commands inside Lua scripts included) per input message.
 - Peak RSS is the process's `VmHWM` read just before it is stopped; CPU s is user + system time of the
   process during the timed window, util = CPU s ÷ wall s (100% = one core).

@@ -1,9 +1,15 @@
-"""Deduplication: claim each event id in Redis, once per batch in one round trip.
+"""Deduplication: claim each event id in Redis, for a whole batch in one round trip.
 
 Key: `gew:dedupe:<digest(tenantid, source, type, id)>`, a string holding the input position that claimed it,
 with a TTL of `WORKER_DEDUPE_TTL_SECONDS`. Type is part of the key because Qlik reuses ids across types.
 A claim belongs to a position, so a message redelivered at the same position after a crash is processed
 again, while a copy at any other position (another partition, another worker) is a duplicate.
+
+Plain single-key commands, no script, one pipeline per batch: on Redis 7+ `SET key tag NX GET EX ttl` claims
+and returns the owner of a key already taken in one command. Redis 6 does not allow NX with GET: there
+`SET NX EX` runs first and only the keys it found taken are read back (`GET`, a second round trip in batches
+with copies). A claim is never changed once set, so neither form needs a script; a key that expired between
+the two steps is claimed again.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ import redis
 
 from worker.models import Event
 from worker.records import digest
-from worker.redis_scripts import Call, LuaScript
+
+ROUNDS = 3  # Redis 6: a claim found taken, then gone (expired between SET and GET), is tried again
 
 
 def dedupe_key(event: Event) -> str:
@@ -23,11 +30,52 @@ def dedupe_key(event: Event) -> str:
 
 
 class Deduper:
-    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
-        self._script = LuaScript(client, "dedupe")
+    def __init__(self, client: redis.Redis, ttl_seconds: int, *, set_get: bool | None = None) -> None:
+        """`set_get`: whether Redis takes `SET NX GET` (7.0+); None asks the server at the first claim."""
+        self._client = client
         self._ttl = ttl_seconds
+        self._set_get = set_get
 
     def claim(self, claims: Sequence[tuple[Event, str]]) -> list[bool]:
-        """(event, position tag) -> True where this position owns the event, False for a duplicate."""
-        calls: list[Call] = [([dedupe_key(event)], [tag, self._ttl]) for event, tag in claims]
-        return [result == 1 for result in self._script.run(calls)]
+        """(event, position tag) -> True where this position owns the event, False for a duplicate.
+        Copies inside one batch: the first in batch order owns it. Raises RedisError on failure."""
+        if not claims:
+            return []
+        keys = [dedupe_key(event) for event, _ in claims]
+        tags = [tag.encode() for _, tag in claims]
+        if self._set_get is None:
+            version = str(self._client.info("server").get("redis_version", "0"))
+            self._set_get = int(version.split(".")[0]) >= 7
+        if self._set_get:
+            pipe = self._client.pipeline(transaction=False)
+            for key, tag in zip(keys, tags, strict=True):
+                pipe.set(key, tag, nx=True, get=True, ex=self._ttl)
+            return [owner is None or owner == tag for owner, tag in zip(pipe.execute(), tags, strict=True)]
+        return self._claim_in_two_steps(keys, tags)
+
+    def _claim_in_two_steps(self, keys: list[str], tags: list[bytes]) -> list[bool]:
+        owned = [False] * len(keys)
+        pending: Sequence[int] = range(len(keys))
+        for _ in range(ROUNDS):
+            pipe = self._client.pipeline(transaction=False)
+            for i in pending:
+                pipe.set(keys[i], tags[i], nx=True, ex=self._ttl)
+            taken: list[int] = []
+            for i, created in zip(pending, pipe.execute(), strict=True):
+                owned[i] = bool(created)
+                if not created:
+                    taken.append(i)
+            if not taken:
+                return owned
+            pipe = self._client.pipeline(transaction=False)
+            for i in taken:
+                pipe.get(keys[i])
+            pending = []
+            for i, owner in zip(taken, pipe.execute(), strict=True):
+                if owner is None:
+                    pending.append(i)
+                else:
+                    owned[i] = owner == tags[i]
+            if not pending:
+                return owned
+        raise redis.RedisError(f"dedupe: {len(pending)} claims kept expiring between SET NX and GET")

