@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import signal
 import threading
 import time
@@ -48,6 +49,11 @@ MAX_BACKOFF_S = 5.0
 # next polls fewer messages, so memory stays bounded whatever the fan-out.
 OUTPUT_BUDGET = 5_000
 LAG_INTERVAL_S = 5.0
+# Every message allocates a burst of short-lived objects (models, records, Redis replies), nearly all freed by
+# reference counting: collect the young generations less often (CPython's default is 700, 10, 10), and keep
+# what exists when the loop starts (modules, validators, clients) out of every collection with gc.freeze().
+# Measured on the flat corpus: process() 80-100 -> 51 µs per message (bench/RESULTS.md).
+GC_THRESHOLDS = (50_000, 20, 10)
 
 
 class Worker:
@@ -140,6 +146,8 @@ class Worker:
         self._consumer.subscribe(
             list(s.input_topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         wait_s = s.batch_max_wait_ms / 1000
         next_scan = next_lag = 0.0
         size = s.batch_size

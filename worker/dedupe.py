@@ -49,7 +49,7 @@ class Deduper:
         if self._set_get:
             pipe = self._client.pipeline(transaction=False)
             for key, tag in zip(keys, tags, strict=True):
-                pipe.set(key, tag, nx=True, get=True, ex=self._ttl)
+                pipe.execute_command("SET", key, tag, "NX", "GET", "EX", self._ttl, get=True)  # type: ignore[no-untyped-call]
             return [owner is None or owner == tag for owner, tag in zip(pipe.execute(), tags, strict=True)]
         return self._claim_in_two_steps(keys, tags)
 
@@ -59,7 +59,7 @@ class Deduper:
         for _ in range(ROUNDS):
             pipe = self._client.pipeline(transaction=False)
             for i in pending:
-                pipe.set(keys[i], tags[i], nx=True, ex=self._ttl)
+                pipe.execute_command("SET", keys[i], tags[i], "NX", "EX", self._ttl)  # type: ignore[no-untyped-call]
             taken: list[int] = []
             for i, created in zip(pending, pipe.execute(), strict=True):
                 owned[i] = bool(created)
