@@ -46,14 +46,25 @@ log = structlog.get_logger("worker.consumer")
 
 MAX_BACKOFF_S = 5.0
 # Records one batch may hold in memory: after a batch that emitted more (large users.modified changes), the
-# next polls fewer messages, so memory stays bounded whatever the fan-out.
-OUTPUT_BUDGET = 5_000
+# next polls fewer messages, so memory stays bounded whatever the fan-out. The first batch is small (its
+# fan-out is not known yet: 1,000 events of 80 records each would be 80,000 records at once); the size then
+# at most doubles per batch up to WORKER_BATCH_SIZE.
+OUTPUT_BUDGET = 8_000
+FIRST_BATCH = 50
 LAG_INTERVAL_S = 5.0
 # Every message allocates a burst of short-lived objects (models, records, Redis replies), nearly all freed by
 # reference counting: collect the young generations less often (CPython's default is 700, 10, 10), and keep
 # what exists when the loop starts (modules, validators, clients) out of every collection with gc.freeze().
 # Measured on the flat corpus: process() 80-100 -> 51 µs per message (bench/RESULTS.md).
 GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def next_batch_size(limit: int, size: int = 0, messages: int = 0, outputs: int = 0) -> int:
+    """How many messages to poll next: FIRST_BATCH to start (size 0), then at most double the last size, and no
+    more than would make about OUTPUT_BUDGET records at the last batch's records per message."""
+    if size == 0:
+        return min(limit, FIRST_BATCH)
+    return max(1, min(limit, size * 2, messages * OUTPUT_BUDGET // max(1, outputs)))
 
 
 class Worker:
@@ -150,7 +161,7 @@ class Worker:
         gc.set_threshold(*GC_THRESHOLDS)
         wait_s = s.batch_max_wait_ms / 1000
         next_scan = next_lag = 0.0
-        size = s.batch_size
+        size = next_batch_size(s.batch_size)
         try:
             while not self._stopping.is_set():
                 messages = self._consumer.consume(size, wait_s)
@@ -158,7 +169,7 @@ class Worker:
                 batch = [m for m in messages if self._usable(m)]
                 if batch:
                     outputs = self._run_batch(functools.partial(self._processor.process, batch), batch)
-                    size = max(1, min(s.batch_size, len(batch) * OUTPUT_BUDGET // max(1, outputs), size * 2))
+                    size = next_batch_size(s.batch_size, size, len(batch), outputs)
                 now = time.monotonic()
                 if now >= next_scan and self.health.assigned:
                     next_scan = now + s.timeout_scan_interval_seconds

@@ -44,7 +44,10 @@ class Deduper:
         keys = [dedupe_key(event) for event, _ in claims]
         tags = [tag.encode() for _, tag in claims]
         if self._set_get is None:
-            version = str(self._client.info("server").get("redis_version", "0"))
+            try:
+                version = str(self._client.info("server").get("redis_version", "0"))
+            except redis.ResponseError:  # INFO disabled (some managed services): the form every version takes
+                version = "0"
             self._set_get = int(version.split(".")[0]) >= 7
         if self._set_get:
             pipe = self._client.pipeline(transaction=False)
