@@ -29,6 +29,7 @@ from worker.localstack import free_port, start_kafka, start_redis
 
 PARTITIONS = 8
 SPACING = 7.0  # seconds between two disruptions: more than the workers' session timeout (6 s)
+SETTLE_LIMIT = 60.0  # the longest a disruption waits for the group to settle before it goes ahead anyway
 
 
 @dataclass
@@ -118,6 +119,11 @@ def run(config: Chaos, workdir: Path) -> dict[str, Any]:
             # Actions at least SPACING apart: the embedded Tansu can leave a group without an assignment for good
             # when a member is killed and others leave and join within one session timeout (see the README).
             if time.monotonic() - last_action < SPACING:
+                continue
+            # ... and only once every worker holds partitions again (the last rebalance finished), unless that
+            # takes longer than SETTLE_LIMIT: a group that never settles is then the final check's failure.
+            settled = all(w.get("/readyz")[0] == 200 for w in workers.values())
+            if not settled and time.monotonic() - last_action < SETTLE_LIMIT:
                 continue
             if plan and time.monotonic() - t0 >= plan[0][0]:
                 last_action = time.monotonic()
