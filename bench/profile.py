@@ -20,14 +20,16 @@ class Stack:
     samples: int
 
 
-def stacks(path: Path) -> Iterator[Stack]:
+def stacks(path: Path, thread: str | None = None) -> Iterator[Stack]:
+    """The collapsed stacks py-spy wrote, of one thread or (None) of all."""
     for raw in path.read_text(errors="replace").splitlines():
         head, _, count = raw.rpartition(" ")
         if not head or not count.isdigit():
             continue
         parts = head.split(";")
-        thread = parts[0].split(": ", 1)[1] if ": " in parts[0] else parts[0]
-        yield Stack(thread, tuple(parts[1:]), int(count))
+        name = parts[0].split(": ", 1)[1] if ": " in parts[0] else parts[0]
+        if thread is None or name == thread:
+            yield Stack(name, tuple(parts[1:]), int(count))
 
 
 def function_of(frame: str) -> str:
@@ -54,9 +56,7 @@ def own_time(path: Path, *, by_line: bool, thread: str | None = None, top: int =
     """Samples by innermost Python frame (own time), per line or per function, optionally for one thread."""
     counts: Counter[str] = Counter()
     total = 0
-    for stack in stacks(path):
-        if thread is not None and stack.thread != thread:
-            continue
+    for stack in stacks(path, thread):
         total += stack.samples
         leaf = stack.frames[-1] if stack.frames else "<idle>"
         counts[leaf if by_line else function_of(leaf)] += stack.samples
@@ -69,9 +69,7 @@ def inclusive(path: Path, *, prefix: str, thread: str | None = None, top: int = 
     """Samples in which a function of files starting with `prefix` is on the stack (each counted once)."""
     counts: Counter[str] = Counter()
     total = 0
-    for stack in stacks(path):
-        if thread is not None and stack.thread != thread:
-            continue
+    for stack in stacks(path, thread):
         total += stack.samples
         seen = {
             function_of(f)

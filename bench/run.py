@@ -24,7 +24,7 @@ import redis as redis_py
 from bench import latency as latency_mod
 from bench import profile as profile_mod
 from bench.kafka_io import CommitWatcher, CorpusMessage, ReadBack, produce_all, read_back
-from bench.procs import Profiler, cpu_seconds, peak_rss_mb, start_passthrough, start_worker
+from bench.procs import Child, Profiler, cpu_seconds, peak_rss_mb, start_passthrough, start_worker
 from bench.report import Produced, Results, Run
 from tests.support.corpus import generate
 from worker.config import Settings
@@ -77,6 +77,45 @@ class Stack:
     def redis_commands(self) -> int:
         return int(self.client.info("stats")["total_commands_processed"])
 
+    def start(
+        self,
+        name: str,
+        tag: str,
+        input_topic: str,
+        output: str,
+        dlq: str,
+        group: str,
+        log_path: Path,
+        *,
+        extra_env: dict[str, str] | None = None,
+        consumer: dict[str, str] | None = None,
+    ) -> Child:
+        """The process under test: the passthrough (`name` "passthrough", with extra `consumer` settings) or the
+        worker in guarantee `name` on a flushed Redis (with `extra_env` over --worker-env)."""
+        if name == "passthrough":
+            return start_passthrough(
+                tag,
+                bootstrap=self.bootstrap,
+                input_topic=input_topic,
+                output_topic=output,
+                group=group,
+                log_path=log_path,
+                consumer=consumer,
+            )
+        self.reset_redis()
+        return start_worker(
+            tag,
+            bootstrap=self.bootstrap,
+            redis_url=self.redis.address,
+            input_topic=input_topic,
+            output_topic=output,
+            dlq_topic=dlq,
+            group=group,
+            guarantee=name,
+            log_path=log_path,
+            extra_env={**self.worker_env, **(extra_env or {})},
+        )
+
 
 @contextlib.contextmanager
 def stack(keep: bool) -> Iterator[Stack]:
@@ -123,24 +162,7 @@ def throughput_run(st: Stack, results: Results, corpus: Corpus, name: str, *, pr
     log_path = st.workdir / f"{tag}.log"
     run = Run(corpus.name, name, len(corpus.messages))
     say(f"run {tag}: starting")
-    if name == "passthrough":
-        child = start_passthrough(
-            tag, bootstrap=st.bootstrap, input_topic=corpus.topic, output_topic=output, group=group, log_path=log_path
-        )
-    else:
-        st.reset_redis()
-        child = start_worker(
-            tag,
-            bootstrap=st.bootstrap,
-            redis_url=st.redis.address,
-            input_topic=corpus.topic,
-            output_topic=output,
-            dlq_topic=dlq,
-            group=group,
-            guarantee=name,
-            log_path=log_path,
-            extra_env=st.worker_env,
-        )
+    child = st.start(name, tag, corpus.topic, output, dlq, group, log_path)
     watcher = CommitWatcher(st.bootstrap, group, corpus.topic, corpus.end_offsets)
     profilers: list[tuple[str, Profiler]] = []
     metrics: dict[str, float] = {}
@@ -259,32 +281,10 @@ def latency_run(
     create_topics(st.bootstrap, {input_topic: PARTITIONS, output: PARTITIONS, dlq: 1, latency_mod.WARM_UP_TOPIC: 1})
     log_path = st.workdir / f"{tag}.log"
     say(f"run {tag}: {rate:,.0f} msg/s for {seconds:g}s")
-    if name == "passthrough":
-        child = start_passthrough(
-            tag,
-            bootstrap=st.bootstrap,
-            input_topic=input_topic,
-            output_topic=output,
-            group=group,
-            log_path=log_path,
-            consumer=passthrough_consumer,
-        )
-        keys = latency_mod.passthrough_keys()
-    else:
-        st.reset_redis()
-        child = start_worker(
-            tag,
-            bootstrap=st.bootstrap,
-            redis_url=st.redis.address,
-            input_topic=input_topic,
-            output_topic=output,
-            dlq_topic=dlq,
-            group=group,
-            guarantee=name,
-            log_path=log_path,
-            extra_env={**st.worker_env, **(extra_env or {})},
-        )
-        keys = latency_mod.worker_keys()
+    child = st.start(
+        name, tag, input_topic, output, dlq, group, log_path, extra_env=extra_env, consumer=passthrough_consumer
+    )
+    keys = latency_mod.passthrough_keys() if name == "passthrough" else latency_mod.worker_keys()
     try:
         child.wait_assigned(120)
         time.sleep(0.5)  # the first fetch and the group's offsets lookup are behind us
