@@ -18,9 +18,8 @@ from pydantic import ValidationError
 
 from worker import __version__, dlq, logs, ops
 from worker.config import Settings, describe_errors
-from worker.decode import header_pairs, header_text
+from worker.deadletter import PREFIX, dead_letter_fields
 from worker.localstack import create_topics, embedded
-from worker.pipeline import DLQ_PREFIX
 from worker.samples import expected_counts, samples
 
 # Embedded Tansu joins a group in ~23 s with librdkafka's default timeouts; these make it a few seconds.
@@ -154,8 +153,7 @@ def read_outputs(
             if message.topic() == settings.output_topic:
                 records.append(orjson.loads(message.value() or b"null"))
             else:
-                pairs = header_pairs(message.headers())
-                dead.append({k: header_text(v) or "" for k, v in pairs if k.startswith(DLQ_PREFIX)})
+                dead.append({PREFIX + k: v for k, v in dead_letter_fields(message.headers()).items()})
     consumer.close()
     return records, dead
 

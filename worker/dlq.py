@@ -21,8 +21,8 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from worker.config import Settings
-from worker.decode import HeaderValue, header_pairs, header_text
-from worker.pipeline import DLQ_PREFIX
+from worker.deadletter import dead_letter_fields, original_headers
+from worker.decode import HeaderValue, header_text
 
 READER_GROUP = "group-events-worker-ops"  # required by librdkafka; never joined nor committed (assign only)
 NO_REASON = "(none)"
@@ -65,14 +65,13 @@ class DeadLetter:
 
     @classmethod
     def of(cls, message: Any) -> DeadLetter:
-        pairs = header_pairs(message.headers())
         return cls(
             message.partition(),
             message.offset(),
             message.key(),
             message.value(),
-            [(k, v) for k, v in pairs if not k.startswith(DLQ_PREFIX)],
-            {k[len(DLQ_PREFIX) :]: header_text(v) or "" for k, v in pairs if k.startswith(DLQ_PREFIX)},
+            original_headers(message.headers()),
+            dead_letter_fields(message.headers()),
         )
 
     @property

@@ -19,7 +19,8 @@ from typing import Protocol
 import structlog
 
 from worker.changes import ChangeStore, Closed
-from worker.decode import Format, Headers, Rejected, Skipped, decode, header_pairs
+from worker.deadletter import dead_letter_headers
+from worker.decode import Format, Headers, Rejected, Skipped, decode
 from worker.dedupe import Deduper
 from worker.models import DATA_MODELS, Event, UsersModified
 from worker.reassembly import Part, TimeoutOutcome
@@ -37,10 +38,6 @@ from worker.tenants import GROUP_LIMIT, GroupCount, TenantGroups, counted, excee
 from worker.ums import UMS_TYPE
 
 log = structlog.get_logger("worker.pipeline")
-
-# Dead-letter headers, defined once: the reason and detail, and where the message came from.
-DLQ_PREFIX = "dlq."
-
 
 JSON_HEADERS: list[tuple[str, str | bytes | None]] = [("content-type", b"application/json")]
 
@@ -203,16 +200,9 @@ class Processor:
         result.records[record["schema"]] += 1
 
     def _dead_letter(self, message: Message, rejected: Rejected, result: BatchResult) -> None:
-        # A message that failed before (redriven by hand) keeps only this failure's dlq.* headers.
-        headers = [(k, v) for k, v in header_pairs(message.headers()) if not k.startswith(DLQ_PREFIX)]
-        dead_letter = {
-            "reason": rejected.reason,
-            "detail": rejected.detail,
-            "source.topic": message.topic(),
-            "source.partition": message.partition(),
-            "source.offset": message.offset(),
-        }
-        headers += [(DLQ_PREFIX + name, str(value).encode()) for name, value in dead_letter.items()]
+        headers = dead_letter_headers(
+            message.headers(), rejected.reason, rejected.detail, message.topic(), message.partition(), message.offset()
+        )
         result.outputs.append(Output(self._dlq_topic, message.key(), message.value(), headers))
         result.dlq[rejected.reason] += 1
         result.events[type_label(rejected.event_type or ""), "invalid"] += 1
