@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     input_topics: Annotated[list[str], NoDecode] = ["qlik.group-events"]
     output_topic: str = "group-membership-changes"
     dlq_topic: str = "qlik.group-events.dlq"
+    # The worker group's own commands (timeout flushes, continuations of large changes), keyed by change id:
+    # the owner of a command's partition runs it in the transaction that commits the command's offset.
+    control_topic: str = "group-events-worker.control"
     group_id: str = "group-events-worker"
     redis_url: str = "redis://localhost:6379/0"
     metrics_port: int = Field(9400, ge=0, le=65535)
@@ -103,6 +106,11 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @property
+    def subscribed_topics(self) -> list[str]:
+        """What the consumer group reads: the input topics and the control topic."""
+        return [*self.input_topics, self.control_topic]
 
     def kafka_overrides(self, role: Role = "any", environ: Mapping[str, str] | None = None) -> dict[str, str]:
         """librdkafka settings from `WORKER_KAFKA_*` (bootstrap servers included), without the ones the other
