@@ -54,7 +54,12 @@ def _stack(embed: bool) -> Iterator[Settings]:
         topics = dict.fromkeys(settings.input_topics, EMBEDDED_PARTITIONS)
         create_topics(
             settings.kafka_bootstrap_servers,
-            {**topics, settings.output_topic: EMBEDDED_PARTITIONS, settings.dlq_topic: 1},
+            {
+                **topics,
+                settings.output_topic: EMBEDDED_PARTITIONS,
+                settings.dlq_topic: 1,
+                settings.control_topic: EMBEDDED_PARTITIONS,
+            },
         )
         log = structlog.get_logger("worker.cli")
         log.info(
