@@ -113,7 +113,8 @@ class LuaScript:
         for command in also:
             pipe.execute_command(*command)
         for keys, args in calls:
-            pipe.evalsha(self._sha, len(keys), *keys, *args)
+            # not pipe.evalsha: redis-py's cluster pipeline blocks that method, but routes the command by its keys
+            pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
         replies = pipe.execute(raise_on_error=False)
         for reply in replies[: len(also)]:
             if isinstance(reply, Exception):
