@@ -51,7 +51,7 @@ def _stack(embed: bool) -> Iterator[Settings]:
             for key, value in FAST_GROUP_TIMEOUTS.items():
                 os.environ.setdefault(key, value)
         settings = load_settings()
-        topics = dict.fromkeys(settings.input_topics, EMBEDDED_PARTITIONS)
+        topics = dict.fromkeys(settings.subscribed_topics, EMBEDDED_PARTITIONS)
         create_topics(
             settings.kafka_bootstrap_servers,
             {**topics, settings.output_topic: EMBEDDED_PARTITIONS, settings.dlq_topic: 1},
@@ -64,15 +64,15 @@ def _stack(embed: bool) -> Iterator[Settings]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from worker.consumer import Worker
+    from worker import app
 
     logs.configure(os.environ.get("WORKER_LOG_LEVEL", "INFO").upper())
     with _stack(args.embedded) as settings:
-        worker = Worker(settings)
-        worker.install_signal_handlers()
-        server = worker.serve_health().start()
+        worker = app.build(settings)
+        worker.loop.install_signal_handlers()
+        server = worker.health_server.start()
         try:
-            worker.run()
+            worker.loop.run()
         finally:
             server.stop()
     return 0
@@ -100,12 +100,12 @@ def send_samples(settings: Settings) -> None:
 
 def cmd_demo(_args: argparse.Namespace) -> int:
     """Embedded stack + worker + sample events; print what comes out, then stop everything."""
-    from worker.consumer import Worker
+    from worker import app
 
     logs.configure("WARNING")
     want_records, want_dlq = expected_counts()
     with _stack(embed=True) as settings:
-        worker = Worker(settings)
+        worker = app.build(settings).loop
         runner = threading.Thread(target=worker.run, name="worker")
         runner.start()
         try:

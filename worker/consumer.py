@@ -16,31 +16,18 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Protocol
 
 import redis
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from worker import metrics
-from worker.changes import ChangeStore
 from worker.config import Settings
-from worker.dedupe import Deduper
-from worker.health import Health, HealthServer
-from worker.logs import KAFKA_LOGGER
-from worker.output import (
-    AtLeastOnceSink,
-    CommitUncertain,
-    PartitionsLost,
-    RetryBatch,
-    Sink,
-    TransactionalSink,
-    offsets_after,
-)
-from worker.pipeline import BatchResult, Processor
-from worker.redis_scripts import connect
-from worker.tenants import TenantGroups, TenantMetrics
+from worker.health import Health
+from worker.output import CommitUncertain, PartitionsLost, RetryBatch, Sink, offsets_after
+from worker.pipeline import BatchResult
+from worker.tenants import TenantMetrics
 
 log = structlog.get_logger("worker.consumer")
 
@@ -67,55 +54,37 @@ def next_batch_size(limit: int, size: int = 0, messages: int = 0, outputs: int =
     return max(1, min(limit, size * 2, messages * OUTPUT_BUDGET // max(1, outputs)))
 
 
-class Worker:
-    def __init__(self, settings: Settings) -> None:
+class Processor(Protocol):
+    """What the loop needs of the processing (`worker/pipeline.py`)."""
+
+    def process(self, messages: Sequence[Message], now_ms: int) -> BatchResult: ...
+    def scan_timeouts(self, now_ms: int) -> BatchResult: ...
+    def settle(self, result: BatchResult) -> None: ...
+    def open_changes(self) -> int: ...
+
+
+class Clock(Protocol):
+    """Monotonic seconds for scheduling, wall-clock milliseconds for the processing."""
+
+    def monotonic(self) -> float: ...
+    def wall_ms(self) -> int: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall_ms(self) -> int:
+        return int(time.time() * 1000)
+
+
+class Loop:
+    def __init__(
+        self, settings: Settings, consumer: Consumer, sink: Sink, processor: Processor, health: Health, clock: Clock
+    ) -> None:
         self.settings = settings
-        kafka = settings.kafka_overrides("consumer")
-        max_poll_s = int(kafka.get("max.poll.interval.ms", 300_000)) / 1000
-        # Every blocking Kafka call in the loop must return well within max.poll.interval.ms.
-        self._kafka_timeout = max(1.0, min(30.0, max_poll_s / 3))
-        self.health = Health(max_poll_s)
-        self._consumer = Consumer(
-            {
-                "group.id": settings.group_id,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-                "partition.assignment.strategy": "range",
-                # Prefetch bounded to 16 MB (librdkafka's default is 64 MB): memory, not throughput, is short.
-                "queued.max.messages.kbytes": 16384,
-                "error_cb": self._on_kafka_error,
-                "logger": KAFKA_LOGGER,
-                **kafka,
-            }
-        )
-        producer: dict[str, Any] = {
-            "linger.ms": 5,
-            "error_cb": self._on_kafka_error,
-            "logger": KAFKA_LOGGER,
-            **settings.kafka_overrides("producer"),
-        }
-        self._sink: Sink
-        if settings.processing_guarantee == "exactly_once":
-            producer["transactional.id"] = settings.effective_transactional_id()
-            self._sink = TransactionalSink(producer, self._consumer, self._kafka_timeout)
-        else:
-            self._sink = AtLeastOnceSink(producer, self._consumer, self._kafka_timeout)
-        self._redis = connect(settings.redis_url)
-        self._processor = Processor(
-            Deduper(self._redis, settings.dedupe_ttl_seconds),
-            ChangeStore(
-                self._redis,
-                timeout_ms=int(settings.batch_timeout_seconds * 1000),
-                ttl_seconds=int(settings.batch_timeout_seconds + settings.dedupe_ttl_seconds),
-                lease_ms=int(settings.flush_lease_seconds * 1000),
-            ),
-            output_topic=settings.output_topic,
-            dlq_topic=settings.dlq_topic,
-            tenants=TenantGroups(self._redis),
-            formats=settings.topic_formats,
-        )
+        self.health = health
+        self._consumer, self._sink, self._processor, self._clock = consumer, sink, processor, clock
         self._tenant_metrics = TenantMetrics()
         self._stopping = threading.Event()
         self._lost = False  # set by the rebalance callbacks while a batch waits for its retry
@@ -129,33 +98,11 @@ class Worker:
     def stop(self) -> None:
         self._stopping.set()
 
-    def serve_health(self) -> HealthServer:
-        probe_redis = connect(self.settings.redis_url, timeout=1)
-        admin_config: dict[str, Any] = {**self.settings.kafka_overrides("producer"), "logger": KAFKA_LOGGER}
-        admin = AdminClient(admin_config)
-        topic = self.settings.input_topics[0]
-
-        def redis_check() -> str | None:
-            try:
-                probe_redis.ping()
-            except redis.RedisError as error:
-                return str(error)
-            return None
-
-        def kafka_check() -> str | None:
-            try:
-                admin.list_topics(topic, timeout=1.5)
-            except Exception as error:  # any failure to get metadata means "not reachable"
-                return str(error)
-            return None
-
-        return HealthServer(self.settings.metrics_port, self.health, {"redis": redis_check, "kafka": kafka_check})
-
     def run(self) -> None:
         s = self.settings
         log.info("starting", topics=s.input_topics, group=s.group_id, guarantee=s.processing_guarantee)
         self._consumer.subscribe(
-            list(s.input_topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            s.subscribed_topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
@@ -168,12 +115,13 @@ class Worker:
                 self.health.polled()
                 batch = [m for m in messages if self._usable(m)]
                 if batch:
-                    outputs = self._run_batch(functools.partial(self._processor.process, batch), batch)
+                    work = functools.partial(self._processor.process, batch, self._clock.wall_ms())
+                    outputs = self._run_batch(work, batch)
                     size = next_batch_size(s.batch_size, size, len(batch), outputs)
-                now = time.monotonic()
+                now = self._clock.monotonic()
                 if now >= next_scan and self.health.assigned:
                     next_scan = now + s.timeout_scan_interval_seconds
-                    self._run_batch(self._processor.flush_timeouts, [])
+                    self._run_batch(functools.partial(self._processor.scan_timeouts, self._clock.wall_ms()), [])
                     self._report_open_changes()
                 if now >= next_lag:
                     next_lag = now + LAG_INTERVAL_S
@@ -238,9 +186,9 @@ class Worker:
     def _back_off(self, delay: float) -> bool:
         """Wait with every partition paused, serving rebalances; False if the batch must be given up."""
         self._consumer.pause(self._consumer.assignment())
-        deadline = time.monotonic() + delay
+        deadline = self._clock.monotonic() + delay
         try:
-            while time.monotonic() < deadline and not (self._lost or self._stopping.is_set()):
+            while self._clock.monotonic() < deadline and not (self._lost or self._stopping.is_set()):
                 stray = self._consumer.consume(self.settings.batch_size, min(0.2, delay))
                 self.health.polled()
                 for tp in offsets_after(stray):  # fetched before the pause: read them again later
@@ -285,12 +233,6 @@ class Worker:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("partitions_lost", partitions=[f"{p.topic}:{p.partition}" for p in partitions])
         self._on_revoke(consumer, partitions)
-
-    def _on_kafka_error(self, error: KafkaError) -> None:
-        if error.code() == KafkaError._TRANSPORT:
-            return  # librdkafka's own log line says it already; _ALL_BROKERS_DOWN follows if it matters
-        level = "error" if error.fatal() else "warning"
-        getattr(log, level)("kafka_error", error=str(error), code=error.name())
 
     def _report_lag(self) -> None:
         assignment = self._consumer.assignment()

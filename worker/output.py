@@ -14,7 +14,7 @@ run the batch again), `PartitionsLost` (the group moved on: drop the batch, its 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -48,10 +48,16 @@ class PartitionsLost(Exception):
     """The batch was not committed and its partitions belong to another member now."""
 
 
+NewProducer = Callable[[dict[str, Any]], Any]
+
+
 class Sink:
-    def __init__(self, config: dict[str, Any], consumer: Any, timeout: float) -> None:
+    def __init__(
+        self, config: dict[str, Any], consumer: Any, timeout: float, new_producer: NewProducer = Producer
+    ) -> None:
         self._config, self._consumer, self._timeout = config, consumer, timeout
-        self._producer = Producer(config)
+        self._new_producer = new_producer
+        self._producer = new_producer(config)
 
     def begin(self) -> None:
         """Start a batch."""
@@ -78,11 +84,13 @@ class Sink:
 
 
 class AtLeastOnceSink(Sink):
-    def __init__(self, config: dict[str, Any], consumer: Any, timeout: float) -> None:
+    def __init__(
+        self, config: dict[str, Any], consumer: Any, timeout: float, new_producer: NewProducer = Producer
+    ) -> None:
         # A delivery report per message only here: the transactional sink learns of failures from its commit.
         config = {**config, "enable.idempotence": True, "acks": "all", "on_delivery": self._delivered}
         config.setdefault("delivery.report.only.error", True)
-        super().__init__(config, consumer, timeout)
+        super().__init__(config, consumer, timeout, new_producer)
         self._error: KafkaError | None = None
 
     def commit(self, offsets: list[TopicPartition]) -> None:
@@ -111,8 +119,10 @@ class AtLeastOnceSink(Sink):
 
 
 class TransactionalSink(Sink):
-    def __init__(self, config: dict[str, Any], consumer: Any, timeout: float) -> None:
-        super().__init__(config, consumer, timeout)
+    def __init__(
+        self, config: dict[str, Any], consumer: Any, timeout: float, new_producer: NewProducer = Producer
+    ) -> None:
+        super().__init__(config, consumer, timeout, new_producer)
         self._ready = False  # init_transactions done for the current producer
         self._open = False  # a transaction is begun and neither committed nor aborted
         self._offsets_sent = False  # this transaction carries its input offsets already
@@ -170,7 +180,7 @@ class TransactionalSink(Sink):
 
     def _renew(self) -> None:
         """A fatal producer error (fenced, epoch bumped): a new producer with the same transactional.id."""
-        self._producer = Producer(self._config)
+        self._producer = self._new_producer(self._config)
         self._ready = self._open = False
 
 

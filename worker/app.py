@@ -1,0 +1,134 @@
+"""The composition root: builds every part of a running worker from the settings (Kafka clients, the sink,
+Redis client and stores, the processor, the health server and its probes) and hands them to the loop, which
+only runs them. Nothing else in the worker constructs a client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import structlog
+from confluent_kafka import Consumer, KafkaError
+from confluent_kafka.admin import AdminClient
+
+from worker.changes import ChangeStore
+from worker.config import Settings
+from worker.consumer import Loop, SystemClock
+from worker.dedupe import Deduper
+from worker.health import Health, HealthServer
+from worker.logs import KAFKA_LOGGER
+from worker.output import AtLeastOnceSink, Sink, TransactionalSink
+from worker.pipeline import BatchResult, Message, Processor
+from worker.redis_scripts import connect
+from worker.tenants import TenantGroups
+
+log = structlog.get_logger("worker.app")
+
+
+@dataclass
+class App:
+    loop: Loop
+    health_server: HealthServer
+
+
+def build(settings: Settings) -> App:
+    kafka = settings.kafka_overrides("consumer")
+    max_poll_s = int(kafka.get("max.poll.interval.ms", 300_000)) / 1000
+    # Every blocking Kafka call in the loop must return well within max.poll.interval.ms.
+    kafka_timeout = max(1.0, min(30.0, max_poll_s / 3))
+    health = Health(max_poll_s)
+    consumer = Consumer(
+        {
+            "group.id": settings.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "partition.assignment.strategy": "range",
+            # Prefetch bounded to 16 MB (librdkafka's default is 64 MB): memory, not throughput, is short.
+            "queued.max.messages.kbytes": 16384,
+            "error_cb": _on_kafka_error,
+            "logger": KAFKA_LOGGER,
+            **kafka,
+        }
+    )
+    producer: dict[str, Any] = {
+        "linger.ms": 5,
+        "error_cb": _on_kafka_error,
+        "logger": KAFKA_LOGGER,
+        **settings.kafka_overrides("producer"),
+    }
+    sink: Sink
+    if settings.processing_guarantee == "exactly_once":
+        producer["transactional.id"] = settings.effective_transactional_id()
+        sink = TransactionalSink(producer, consumer, kafka_timeout)
+    else:
+        sink = AtLeastOnceSink(producer, consumer, kafka_timeout)
+    client = connect(settings.redis_url)
+    processor = Processor(
+        Deduper(client, settings.dedupe_ttl_seconds),
+        ChangeStore(
+            client,
+            timeout_ms=int(settings.batch_timeout_seconds * 1000),
+            ttl_seconds=int(settings.batch_timeout_seconds + settings.dedupe_ttl_seconds),
+            lease_ms=int(settings.flush_lease_seconds * 1000),
+        ),
+        output_topic=settings.output_topic,
+        dlq_topic=settings.dlq_topic,
+        tenants=TenantGroups(client),
+        formats=settings.topic_formats,
+    )
+    loop = Loop(settings, consumer, sink, TimedProcessor(processor), health, SystemClock())
+    return App(loop, _health_server(settings, health))
+
+
+class TimedProcessor:
+    """Shim until the pipeline takes the time as an argument (removed when that lands)."""
+
+    def __init__(self, processor: Processor) -> None:
+        self._processor = processor
+
+    def process(self, messages: Sequence[Message], now_ms: int) -> BatchResult:
+        return self._processor.process(messages)
+
+    def scan_timeouts(self, now_ms: int) -> BatchResult:
+        return self._processor.flush_timeouts()
+
+    def settle(self, result: BatchResult) -> None:
+        self._processor.settle(result)
+
+    def open_changes(self) -> int:
+        return self._processor.open_changes()
+
+
+def _health_server(settings: Settings, health: Health) -> HealthServer:
+    probe_redis = connect(settings.redis_url, timeout=1)
+    admin_config: dict[str, Any] = {**settings.kafka_overrides("producer"), "logger": KAFKA_LOGGER}
+    admin = AdminClient(admin_config)
+    topic = settings.input_topics[0]
+
+    def redis_check() -> str | None:
+        try:
+            probe_redis.ping()
+        except redis.RedisError as error:
+            return str(error)
+        return None
+
+    def kafka_check() -> str | None:
+        try:
+            admin.list_topics(topic, timeout=1.5)
+        except Exception as error:  # any failure to get metadata means "not reachable"
+            return str(error)
+        return None
+
+    return HealthServer(settings.metrics_port, health, {"redis": redis_check, "kafka": kafka_check})
+
+
+def _on_kafka_error(error: KafkaError) -> None:
+    if error.code() == KafkaError._TRANSPORT:
+        return  # librdkafka's own log line says it already; _ALL_BROKERS_DOWN follows if it matters
+    level = "error" if error.fatal() else "warning"
+    getattr(log, level)("kafka_error", error=str(error), code=error.name())
