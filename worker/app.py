@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 import structlog
-from confluent_kafka import Consumer, KafkaError
+from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.admin import AdminClient
 
 from worker.changes import ChangeStore
@@ -20,7 +20,7 @@ from worker.consumer import Loop, SystemClock
 from worker.dedupe import Deduper
 from worker.health import Health, HealthServer
 from worker.logs import KAFKA_LOGGER
-from worker.output import AtLeastOnceSink, Sink, TransactionalSink
+from worker.output import AtLeastOnceSink, Sink, TransactionalId, TransactionalSink
 from worker.pipeline import BatchResult, Message, Processor
 from worker.redis_scripts import connect
 from worker.tenants import TenantGroups
@@ -35,7 +35,10 @@ class App:
 
 
 def build(settings: Settings) -> App:
-    kafka = settings.kafka_overrides("consumer")
+    """Raises `ConfigError` for a setting the worker refuses."""
+    kafka, warnings = settings.consumer_config()
+    for warning in warnings:
+        log.warning("setting_ignored", detail=warning)
     max_poll_s = int(kafka.get("max.poll.interval.ms", 300_000)) / 1000
     # Every blocking Kafka call in the loop must return well within max.poll.interval.ms.
     kafka_timeout = max(1.0, min(30.0, max_poll_s / 3))
@@ -43,11 +46,7 @@ def build(settings: Settings) -> App:
     consumer = Consumer(
         {
             "group.id": settings.group_id,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            "partition.assignment.strategy": "range",
             # Prefetch bounded to 16 MB (librdkafka's default is 64 MB): memory, not throughput, is short.
             "queued.max.messages.kbytes": 16384,
             "error_cb": _on_kafka_error,
@@ -63,10 +62,10 @@ def build(settings: Settings) -> App:
     }
     sink: Sink
     if settings.processing_guarantee == "exactly_once":
-        producer["transactional.id"] = settings.effective_transactional_id()
-        sink = TransactionalSink(producer, consumer, kafka_timeout)
+        ids = TransactionalId(settings.effective_transactional_id(), configured=bool(settings.transactional_id))
+        sink = TransactionalSink(producer, consumer, kafka_timeout, settings.dlq_topic, Producer, ids)
     else:
-        sink = AtLeastOnceSink(producer, consumer, kafka_timeout)
+        sink = AtLeastOnceSink(producer, consumer, kafka_timeout, settings.dlq_topic)
     client = connect(settings.redis_url)
     processor = Processor(
         Deduper(client, settings.dedupe_ttl_seconds),

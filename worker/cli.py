@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from pydantic import ValidationError
 
 from worker import __version__, dlq, logs, ops
-from worker.config import Settings, describe_errors
+from worker.config import ConfigError, Settings, describe_errors
 from worker.deadletter import PREFIX, dead_letter_fields
 from worker.localstack import create_topics, embedded
 from worker.samples import expected_counts, samples
@@ -68,7 +68,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     logs.configure(os.environ.get("WORKER_LOG_LEVEL", "INFO").upper())
     with _stack(args.embedded) as settings:
-        worker = app.build(settings)
+        try:
+            worker = app.build(settings)
+        except ConfigError as error:
+            print(f"invalid configuration: {error}", file=sys.stderr)
+            return 2
         worker.loop.install_signal_handlers()
         server = worker.health_server.start()
         try:
