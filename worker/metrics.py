@@ -11,7 +11,7 @@ RECORDS = Counter("worker_records_emitted", "Records committed to the output top
 DLQ = Counter("worker_dlq_messages", "Messages committed to the dead-letter topic", ["reason"])
 OPEN_CHANGES = Gauge("worker_open_changes", "users.modified changes waiting for their final part (all workers)")
 CHANGES_CLOSED = Counter("worker_changes_closed", "users.modified changes closed", ["outcome"])
-ASSIGNED = Gauge("worker_assigned_partitions", "Input partitions assigned to this worker")
+ASSIGNED = Gauge("worker_assigned_partitions", "Input and control topic partitions assigned to this worker")
 LAG = Gauge(
     "worker_consumer_lag", "High watermark minus committed offset, per assigned partition", ["topic", "partition"]
 )
