@@ -195,17 +195,8 @@ class Sink:
 
 
 class AtLeastOnceSink(Sink):
-    def __init__(
-        self,
-        config: dict[str, Any],
-        consumer: Any,
-        timeout: float,
-        dlq_topic: str,
-        new_producer: NewProducer = Producer,
-    ) -> None:
-        super().__init__(
-            {**config, "enable.idempotence": True, "acks": "all"}, consumer, timeout, dlq_topic, new_producer
-        )
+    def _producer_config(self) -> dict[str, Any]:
+        return {**self._config, "enable.idempotence": True, "acks": "all"}
 
     def commit(self, offsets: list[TopicPartition]) -> None:
         remaining = self._producer.flush(self._timeout)

@@ -36,6 +36,13 @@ def transactional(kafka: FakeKafka, ids: TransactionalId | None = None) -> Trans
     return TransactionalSink({}, FakeConsumer(kafka), 1.0, "dlq", kafka.new_producer, ids)
 
 
+def sent(sink: TransactionalSink | AtLeastOnceSink) -> TransactionalSink | AtLeastOnceSink:
+    """The sink with a batch of one record begun and sent."""
+    sink.begin()
+    sink.send([RECORD])
+    return sink
+
+
 def test_the_outcomes_are_siblings_not_kinds_of_each_other() -> None:
     for a in (CommitUncertain, RetryBatch, PartitionsLost):
         for b in (CommitUncertain, RetryBatch, PartitionsLost):
@@ -46,8 +53,7 @@ def test_a_commit_in_progress_is_never_aborted_and_is_called_again() -> None:
     kafka = FakeKafka()
     kafka.plan("commit_transaction", TIMED_OUT)
     sink = transactional(kafka)
-    sink.begin()
-    sink.send([RECORD])
+    sent(sink)
     with pytest.raises(CommitUncertain):
         sink.commit(OFFSETS)
     sink.abort()  # a revoke or a stop meanwhile: must not abort a commit whose outcome is open
@@ -60,8 +66,7 @@ def test_a_fatal_error_before_commit_transaction_is_a_retry_with_a_new_producer(
     kafka = FakeKafka()
     kafka.plan("send_offsets_to_transaction", PRODUCER_FENCED)
     sink = transactional(kafka)
-    sink.begin()
-    sink.send([RECORD])
+    sent(sink)
     with pytest.raises(RetryBatch):
         sink.commit(OFFSETS)
     assert len(kafka.producers) == 2 and "committed" not in kafka.calls
@@ -72,8 +77,7 @@ def test_a_fatal_commit_of_a_batch_without_input_offsets_is_run_again() -> None:
     kafka = FakeKafka()
     kafka.plan("commit_transaction", FATAL)
     sink = transactional(kafka)
-    sink.begin()
-    sink.send([RECORD])
+    sent(sink)
     with pytest.raises(RetryBatch):
         sink.commit([])
 
@@ -82,8 +86,7 @@ def test_an_abortable_commit_error_of_the_group_is_partitions_lost() -> None:
     kafka = FakeKafka()
     kafka.plan("send_offsets_to_transaction", ILLEGAL_GENERATION)
     sink = transactional(kafka)
-    sink.begin()
-    sink.send([RECORD])
+    sent(sink)
     with pytest.raises(PartitionsLost):
         sink.commit(OFFSETS)
     assert kafka.producers[-1].state == "ready"  # aborted: the next batch can begin
@@ -97,8 +100,7 @@ def test_a_configured_transactional_id_fenced_again_logs_an_error_naming_the_set
     sink = transactional(kafka, ids)
     with capture_logs() as logs:
         for _ in range(2):
-            sink.begin()
-            sink.send([RECORD])
+            sent(sink)
             with pytest.raises(RetryBatch):
                 sink.commit(OFFSETS)
     assert {p.config["transactional.id"] for p in kafka.producers} == {"shared-id"}
@@ -125,8 +127,7 @@ def test_at_least_once_commit_errors() -> None:
     sink = AtLeastOnceSink({}, consumer, 1.0, "dlq", kafka.new_producer)
     kafka.plan("commit", ILLEGAL_GENERATION, error(-185, retriable=True), ABORTABLE)
     for expected in (PartitionsLost, CommitUncertain, RetryBatch):
-        sink.begin()
-        sink.send([RECORD])
+        sent(sink)
         with pytest.raises(expected):
             sink.commit(OFFSETS)
     sink.commit(OFFSETS)
