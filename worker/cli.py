@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from pydantic import ValidationError
 
 from worker import __version__, dlq, logs, ops
-from worker.config import Settings, describe_errors
+from worker.config import ConfigError, Settings, describe_errors
 from worker.deadletter import PREFIX, dead_letter_fields
 from worker.localstack import create_topics, embedded
 from worker.samples import expected_counts, samples
@@ -51,7 +51,7 @@ def _stack(embed: bool) -> Iterator[Settings]:
             for key, value in FAST_GROUP_TIMEOUTS.items():
                 os.environ.setdefault(key, value)
         settings = load_settings()
-        topics = dict.fromkeys(settings.input_topics, EMBEDDED_PARTITIONS)
+        topics = dict.fromkeys(settings.subscribed_topics, EMBEDDED_PARTITIONS)
         create_topics(
             settings.kafka_bootstrap_servers,
             {
@@ -69,15 +69,19 @@ def _stack(embed: bool) -> Iterator[Settings]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from worker.consumer import Worker
+    from worker import app
 
     logs.configure(os.environ.get("WORKER_LOG_LEVEL", "INFO").upper())
     with _stack(args.embedded) as settings:
-        worker = Worker(settings)
-        worker.install_signal_handlers()
-        server = worker.serve_health().start()
         try:
-            worker.run()
+            worker = app.build(settings)
+        except ConfigError as error:
+            print(f"invalid configuration: {error}", file=sys.stderr)
+            return 2
+        worker.loop.install_signal_handlers()
+        server = worker.health_server.start()
+        try:
+            worker.loop.run()
         finally:
             server.stop()
     return 0
@@ -105,12 +109,12 @@ def send_samples(settings: Settings) -> None:
 
 def cmd_demo(_args: argparse.Namespace) -> int:
     """Embedded stack + worker + sample events; print what comes out, then stop everything."""
-    from worker.consumer import Worker
+    from worker import app
 
     logs.configure("WARNING")
     want_records, want_dlq = expected_counts()
     with _stack(embed=True) as settings:
-        worker = Worker(settings)
+        worker = app.build(settings).loop
         runner = threading.Thread(target=worker.run, name="worker")
         runner.start()
         try:

@@ -99,8 +99,13 @@ class Stack:
     workdir: Path
     workers: list[WorkerProcess] = field(default_factory=list)
     input_partitions: int = 0
+    control_topic: str = ""  # the group's own commands; named after the input topic unless given
+
+    def __post_init__(self) -> None:
+        self.control_topic = self.control_topic or f"{self.input_topic}.control"
 
     def create_topics(self, input_partitions: int = 2, output_partitions: int = 2) -> None:
+        """The worker's topics; the control topic (the group's own commands) like the input topic."""
         self.input_partitions = input_partitions
         create_topics(
             self.bootstrap,
@@ -111,10 +116,6 @@ class Stack:
                 self.control_topic: input_partitions,
             },
         )
-
-    @property
-    def control_topic(self) -> str:
-        return f"{self.input_topic}.control"
 
     def worker_env(self, **extra: str) -> dict[str, str]:
         return {
