@@ -103,22 +103,33 @@ class Mirror:
     keyring: str | None
 
 
-def apt_sources() -> list[tuple[list[str], list[str], str | None]]:
-    """(URIs, suites, Signed-By) of every `deb` entry in /etc/apt/sources.list*, both formats."""
+def parse_sources(text: str, *, deb822: bool) -> list[tuple[list[str], list[str], str | None]]:
+    """(URIs, suites, Signed-By) of the `deb` entries of one apt sources file, deb822 (`.sources`) or one-line."""
     entries: list[tuple[list[str], list[str], str | None]] = []
-    for path in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
-        for stanza in re.split(r"\n\s*\n", Path(path).read_text()):
-            fields = dict(re.findall(r"^([\w-]+):\s*(.*)$", stanza, re.M))
+    if deb822:
+        for stanza in re.split(r"\n\s*\n", text):
+            fields = dict(re.findall(r"^([\w-]+):[ \t]*(.*)$", stanza, re.M))
             if "deb" in fields.get("Types", "").split() and fields.get("Enabled", "yes") != "no":
                 entries.append(
                     (fields.get("URIs", "").split(), fields.get("Suites", "").split(), fields.get("Signed-By"))
                 )
-    for path in ["/etc/apt/sources.list", *sorted(glob.glob("/etc/apt/sources.list.d/*.list"))]:
-        for line in Path(path).read_text().splitlines() if Path(path).exists() else []:
-            match = re.match(r"\s*deb\s+(?:\[([^\]]*)\]\s+)?(\S+)\s+(\S+)", line)
-            if match:
-                signed_by = re.search(r"signed-by=(\S+)", match[1] or "")
-                entries.append(([match[2]], [match[3]], signed_by[1] if signed_by else None))
+        return entries
+    for line in text.splitlines():
+        match = re.match(r"\s*deb\s+(?:\[([^\]]*)\]\s+)?(\S+)\s+(\S+)", line)
+        if match:
+            signed_by = re.search(r"signed-by=(\S+)", match[1] or "")
+            entries.append(([match[2]], [match[3]], signed_by[1] if signed_by else None))
+    return entries
+
+
+def apt_sources() -> list[tuple[list[str], list[str], str | None]]:
+    """Every `deb` entry of /etc/apt/sources.list, then of sources.list.d (one-line files, then deb822)."""
+    one_line = ["/etc/apt/sources.list", *sorted(glob.glob("/etc/apt/sources.list.d/*.list"))]
+    entries = [
+        e for path in one_line if Path(path).is_file() for e in parse_sources(Path(path).read_text(), deb822=False)
+    ]
+    for path in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
+        entries += parse_sources(Path(path).read_text(), deb822=True)
     return entries
 
 
@@ -208,36 +219,41 @@ def debootstrap_base(suite: str) -> str:
 # ---- pip's way to the registry -----------------------------------------------------------------------------
 
 
-def pip_settings() -> dict[str, str]:
-    """`pip config list` of this machine's pip (files and PIP_* variables), later sources winning."""
-    try:
-        listed = subprocess.run(
-            [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    settings: dict[str, str] = {}
+# `pip config list` names a setting `<section>.<key>`; for `pip install` the environment wins over the
+# [install] section, which wins over [global].
+PIP_SECTION_RANK = {"global": 0, "install": 1, ":env:": 2}
+
+
+def parse_pip_config(listed: str) -> dict[str, str]:
+    """The settings `pip install` would use, from the output of `pip config list`."""
+    found: list[tuple[int, str, str]] = []
     for line in listed.splitlines():
-        match = re.fullmatch(r"[^.]*\.([\w-]+)=(.*)", line.strip())
-        if match:
-            settings[match[1]] = str(ast.literal_eval(match[2]))
-    return settings
+        match = re.fullmatch(r"(.*)\.([\w-]+)=(.*)", line.strip())
+        if match and match[1] in PIP_SECTION_RANK:
+            found.append((PIP_SECTION_RANK[match[1]], match[2], str(ast.literal_eval(match[3]))))
+    return {key: value for _, key, value in sorted(found, key=lambda item: item[0])}
+
+
+def pip_conf(settings: dict[str, str], *, with_ca: bool) -> str:
+    """The build's pip.conf: how to reach the registry, and the CA bundle at its mount point in the build."""
+    lines = [f"{key} = {settings[key]}" for key in PIP_REGISTRY_KEYS if key in settings]
+    lines += [f"cert = {PIP_CA_IN_BUILD}"] if with_ca else []
+    return "[global]\n" + "".join(line + "\n" for line in lines) if lines else ""
 
 
 def pip_secrets(directory: Path) -> dict[str, Path]:
     """The build secrets: a pip.conf with the registry settings, and the CA bundle pip verifies with here."""
-    settings = pip_settings()
+    try:
+        command = [sys.executable, "-m", "pip", "config", "list"]
+        settings = parse_pip_config(subprocess.run(command, capture_output=True, text=True, timeout=60).stdout)
+    except (OSError, subprocess.TimeoutExpired):
+        settings = {}
     ca = settings.get("cert") or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE")
-    lines = [f"{key} = {settings[key]}" for key in PIP_REGISTRY_KEYS if key in settings]
-    secrets: dict[str, Path] = {}
-    if ca and Path(ca).is_file():
-        secrets[PIP_CA_SECRET] = Path(ca)
-        lines.append(f"cert = {PIP_CA_IN_BUILD}")
-    if lines:
-        conf = directory / PIP_CONF_SECRET
-        conf.write_text("[global]\n" + "\n".join(lines) + "\n")
-        secrets[PIP_CONF_SECRET] = conf
-    log(f"pip in the build: {', '.join(lines) or 'its defaults'}")
+    secrets = {PIP_CA_SECRET: Path(ca)} if ca and Path(ca).is_file() else {}
+    if conf := pip_conf(settings, with_ca=bool(secrets)):
+        (directory / PIP_CONF_SECRET).write_text(conf)
+        secrets[PIP_CONF_SECRET] = directory / PIP_CONF_SECRET
+    log(f"pip in the build: {', '.join(conf.splitlines()[1:]) or 'its defaults'}")
     return secrets
 
 

@@ -34,6 +34,8 @@ from tests.integration.helpers import Stack, WorkerProcess
 from worker.localstack import free_port, start_kafka, start_redis
 
 SEED = ROOT / "tests/fixtures/seed-events/group-created.json"
+# The first test here also waits for the image build: on a fresh machine a debootstrap base and a pip install.
+pytestmark = pytest.mark.timeout(900)
 CLOUDEVENTS_JSON = [("content-type", b"application/cloudevents+json")]
 
 
@@ -92,11 +94,13 @@ class Container:
         if self.image.tool == "docker":
             subprocess.run(["docker", "stop", "--time", str(int(timeout)), self.name], capture_output=True)
         else:
-            os.kill(self._command_pid(), signal.Signals[self.image.config["StopSignal"]])
+            pid = self._command_pid()
+            assert pid is not None, f"no process {self.argv} below buildah run ({self.main.pid})"
+            os.kill(pid, signal.Signals[self.image.config["StopSignal"]])
         return self.main.wait(timeout)
 
-    def _command_pid(self) -> int:
-        """Under chroot isolation the command is a host process below `buildah run`: find it by its arguments."""
+    def _command_pid(self) -> int | None:
+        """Under chroot isolation the command is a host process below `buildah run`: found by its arguments."""
         assert self.main is not None
         children: dict[int, list[int]] = {}
         for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -115,12 +119,12 @@ class Container:
             if cmdline[1:] == self.argv[1:] and Path(cmdline[0]).name == self.argv[0]:
                 return pid
             todo += children.get(pid, [])
-        raise AssertionError(f"no process {self.argv} below buildah run ({self.main.pid})")
+        return None
 
     def remove(self) -> None:
         if self.main is not None and self.main.poll() is None:
-            if self.image.tool == "buildah":
-                os.kill(self._command_pid(), signal.SIGKILL)
+            if self.image.tool == "buildah" and (pid := self._command_pid()) is not None:
+                os.kill(pid, signal.SIGKILL)
             self.main.kill()
             self.main.wait(30)
         if self.image.tool == "buildah":
