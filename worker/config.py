@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     control_topic: str = "group-events-worker.control"
     group_id: str = "group-events-worker"
     redis_url: str = "redis://localhost:6379/0"
+    redis_cluster: bool = False  # WORKER_REDIS_URL names one node of a Redis Cluster: use a cluster client
+    # Replicas that must acknowledge a batch's Redis writes (WAIT) before its Kafka commit; 0: no wait.
+    redis_min_replicas: int = Field(0, ge=0)
     metrics_port: int = Field(9400, ge=0, le=65535)
     dedupe_ttl_seconds: int = Field(86_400, gt=0)
     batch_timeout_seconds: float = Field(900, gt=0)
@@ -76,6 +79,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(1000, ge=1, le=100_000)
     batch_max_wait_ms: int = Field(20, ge=1, le=10_000)
     timeout_scan_interval_seconds: float = Field(5, gt=0)
+    # A change whose timeout command was sent gets another one after this, if it is still open by then.
     flush_lease_seconds: float = Field(60, gt=0)
     transactional_id: str = ""
     # "topic=ums,other=cloudevents": input topics whose format is fixed; the others detect it per message.

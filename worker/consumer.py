@@ -24,9 +24,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from confluent_kafka.admin import AdminClient
 
 from worker import metrics
-from worker.changes import ChangeStore
 from worker.config import Settings
-from worker.dedupe import Deduper
 from worker.health import Health, HealthServer
 from worker.logs import KAFKA_LOGGER
 from worker.output import (
@@ -39,8 +37,8 @@ from worker.output import (
     offsets_after,
 )
 from worker.pipeline import BatchResult, Processor
-from worker.redis_scripts import connect
-from worker.tenants import TenantGroups, TenantMetrics
+from worker.state import redis_client, redis_processor
+from worker.tenants import TenantMetrics
 
 log = structlog.get_logger("worker.consumer")
 
@@ -102,20 +100,7 @@ class Worker:
             self._sink = TransactionalSink(producer, self._consumer, self._kafka_timeout)
         else:
             self._sink = AtLeastOnceSink(producer, self._consumer, self._kafka_timeout)
-        self._redis = connect(settings.redis_url)
-        self._processor = Processor(
-            Deduper(self._redis, settings.dedupe_ttl_seconds),
-            ChangeStore(
-                self._redis,
-                timeout_ms=int(settings.batch_timeout_seconds * 1000),
-                ttl_seconds=int(settings.batch_timeout_seconds + settings.dedupe_ttl_seconds),
-                lease_ms=int(settings.flush_lease_seconds * 1000),
-            ),
-            output_topic=settings.output_topic,
-            dlq_topic=settings.dlq_topic,
-            tenants=TenantGroups(self._redis),
-            formats=settings.topic_formats,
-        )
+        self._processor: Processor = redis_processor(settings, redis_client(settings))
         self._tenant_metrics = TenantMetrics()
         self._stopping = threading.Event()
         self._lost = False  # set by the rebalance callbacks while a batch waits for its retry
@@ -130,7 +115,7 @@ class Worker:
         self._stopping.set()
 
     def serve_health(self) -> HealthServer:
-        probe_redis = connect(self.settings.redis_url, timeout=1)
+        probe_redis = redis_client(self.settings, timeout=1)
         admin_config: dict[str, Any] = {**self.settings.kafka_overrides("producer"), "logger": KAFKA_LOGGER}
         admin = AdminClient(admin_config)
         topic = self.settings.input_topics[0]
@@ -155,7 +140,7 @@ class Worker:
         s = self.settings
         log.info("starting", topics=s.input_topics, group=s.group_id, guarantee=s.processing_guarantee)
         self._consumer.subscribe(
-            list(s.input_topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            s.subscribed_topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
@@ -168,12 +153,13 @@ class Worker:
                 self.health.polled()
                 batch = [m for m in messages if self._usable(m)]
                 if batch:
-                    outputs = self._run_batch(functools.partial(self._processor.process, batch), batch)
+                    work = functools.partial(self._processor.process, batch, int(time.time() * 1000))
+                    outputs = self._run_batch(work, batch)
                     size = next_batch_size(s.batch_size, size, len(batch), outputs)
                 now = time.monotonic()
                 if now >= next_scan and self.health.assigned:
                     next_scan = now + s.timeout_scan_interval_seconds
-                    self._run_batch(self._processor.flush_timeouts, [])
+                    self._run_batch(functools.partial(self._processor.scan_timeouts, int(time.time() * 1000)), [])
                     self._report_open_changes()
                 if now >= next_lag:
                     next_lag = now + LAG_INTERVAL_S

@@ -104,8 +104,17 @@ class Stack:
         self.input_partitions = input_partitions
         create_topics(
             self.bootstrap,
-            {self.input_topic: input_partitions, self.output_topic: output_partitions, self.dlq_topic: 1},
+            {
+                self.input_topic: input_partitions,
+                self.output_topic: output_partitions,
+                self.dlq_topic: 1,
+                self.control_topic: input_partitions,
+            },
         )
+
+    @property
+    def control_topic(self) -> str:
+        return f"{self.input_topic}.control"
 
     def worker_env(self, **extra: str) -> dict[str, str]:
         return {
@@ -114,6 +123,7 @@ class Stack:
             "WORKER_INPUT_TOPICS": self.input_topic,
             "WORKER_OUTPUT_TOPIC": self.output_topic,
             "WORKER_DLQ_TOPIC": self.dlq_topic,
+            "WORKER_CONTROL_TOPIC": self.control_topic,
             "WORKER_GROUP_ID": self.group_id,
             "WORKER_LOG_LEVEL": "INFO",
             **FAST_GROUP,
