@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# group-events worker image.
+# group-events worker image. `make image` builds it with Docker, or without an engine with buildah (see README).
 #   docker build -t group-events-worker:0.1.0 --build-arg VERSION=0.1.0 --build-arg VCS_REF=$(git rev-parse HEAD) .
+# PYTHON_IMAGE may be any Debian bookworm image with Python 3.11 as `python` (make image's local base is one).
 # Builder and runtime use the same base so the venv's interpreter symlinks stay valid after the copy.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -15,21 +16,15 @@ WORKDIR /src
 # Dependency metadata first, then the package: pip builds a wheel of `.` and installs it (not editable).
 COPY pyproject.toml README.md ./
 COPY worker ./worker
-RUN pip install . \
+# The machine's pip settings and CA bundle, when the build is given them (deploy/image/build.py does), reach
+# pip as build secrets: they are mounted for this one command and never stored in a layer. Without them pip
+# uses the public index and its own CA bundle.
+RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    --mount=type=secret,id=pip-ca.crt \
+    pip install . \
  && python -c "import worker.config"
 
 FROM ${PYTHON_IMAGE} AS runtime
-ARG VERSION=0.1.0
-ARG VCS_REF=unknown
-ARG BUILD_DATE=unknown
-LABEL org.opencontainers.image.title="group-events-worker" \
-      org.opencontainers.image.description="Kafka worker that turns Qlik Cloud group events into membership-change records" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${VCS_REF}" \
-      org.opencontainers.image.created="${BUILD_DATE}" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.source="https://example.invalid/group-events-worker"
-
 # Numeric UID/GID so Kubernetes' runAsNonRoot can verify the user without reading /etc/passwd.
 RUN groupadd --system --gid 10001 worker \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
@@ -53,3 +48,15 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
 
 ENTRYPOINT ["python", "-m", "worker"]
 CMD ["run"]
+
+# Last, so a new version, commit or date rebuilds only this step (the build arguments change every build).
+ARG VERSION=0.1.0
+ARG VCS_REF=unknown
+ARG BUILD_DATE=unknown
+LABEL org.opencontainers.image.title="group-events-worker" \
+      org.opencontainers.image.description="Kafka worker that turns Qlik Cloud group events into membership-change records" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${VCS_REF}" \
+      org.opencontainers.image.created="${BUILD_DATE}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://example.invalid/group-events-worker"

@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 # The venv's bin first on PATH: tests find the checkers installed there (hadolint, docker-compose).
 PYTEST := PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest
 
-.PHONY: install run demo test unit integration chaos bench bench-quick lint fmt schemas clean
+.PHONY: install run demo test unit integration chaos bench bench-quick image lint fmt schemas clean
 
 install: $(VENV)/.installed
 
@@ -48,10 +48,15 @@ bench: install
 bench-quick: install
 	$(PY) -m bench.run --quick
 
+## The container image group-events-worker:<version>: `docker build` where a Docker engine answers, else buildah
+## (no engine) on the official base, else on a local Debian base made with debootstrap. Says which and why.
+image:
+	$(PYTHON) deploy/image/build.py
+
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy --strict worker bench
+	$(PY) -m mypy --strict worker bench deploy/image/build.py
 
 fmt: install
 	$(PY) -m ruff format .

@@ -1,12 +1,19 @@
-"""Fixtures for the offline tests of the deployment artifacts: Dockerfile, compose, Prometheus,
-Grafana, Kubernetes. No Docker engine, cluster or network: files are parsed here, and external
-validators (promtool, kubectl kustomize, docker compose, hadolint, kubernetes-validate) run only
-where installed.
+"""Fixtures for the tests of the deployment artifacts: Dockerfile, compose, Prometheus, Grafana, Kubernetes,
+and the built image. No cluster or network: files are parsed here, and external validators (promtool,
+kubectl kustomize, docker compose, hadolint, kubernetes-validate) run only where installed. The image is
+built once per session, with Docker where an engine answers, else with buildah (`built_image`).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +80,75 @@ def k8s_base() -> dict[str, dict[str, Any]]:
 def input_partitions(k8s_base: dict[str, dict[str, Any]]) -> int:
     annotations = k8s_base["ConfigMap"]["metadata"]["annotations"]
     return int(annotations["group-events-worker/input-topic-partitions"])
+
+
+# ---- the built image (tests/deploy/test_image.py) ----------------------------------------------------------
+
+IMAGE_SUMMARY = pytest.StashKey[str]()
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """The image `deploy/image/build.py` built for this session, and its config as the runtime reads it."""
+
+    ref: str
+    tool: str  # "docker" or "buildah"
+    config: dict[str, Any]  # Docker image config: User, Entrypoint, Cmd, Env, Healthcheck, StopSignal, Labels
+
+
+def _answers(command: list[str]) -> bool:
+    try:
+        return subprocess.run(command, capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def image_tools_missing() -> str | None:
+    """Why no image can be built here, or None. buildah builds without an engine; debootstrap (as root) makes
+    its base when the official one cannot be pulled."""
+    if shutil.which("docker") and _answers(["docker", "info"]):
+        return None
+    missing = [tool for tool in ("buildah", "debootstrap") if shutil.which(tool) is None]
+    if missing:
+        return f"no Docker engine and {' and '.join(missing)} not installed"
+    if os.geteuid() != 0:
+        return "no Docker engine, and debootstrap needs root"
+    return None
+
+
+@pytest.fixture(scope="session")
+def built_image(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltImage]:
+    """Built once per session by `make image`'s own script, under a tag of its own, removed afterwards."""
+    if reason := image_tools_missing():
+        pytest.skip(reason)
+    tag = f"localhost/group-events-worker:test-{uuid.uuid4().hex[:8]}"
+    log = tmp_path_factory.mktemp("image") / "build.log"
+    with log.open("w") as stderr:
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "deploy/image/build.py"), "--tag", tag, "--json"],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            timeout=1200,
+        )
+    assert done.returncode == 0, "image build failed:\n" + "\n".join(log.read_text().splitlines()[-30:])
+    result = json.loads(done.stdout.splitlines()[-1])
+    request.config.stash[IMAGE_SUMMARY] = (
+        f"{result['tool']} on {result['base']}: {result['why']}\n"
+        f"{tag}: built in {result['seconds']} s, {result['size_mb']} MB (build log: {log})"
+    )
+    if result["tool"] == "docker":
+        inspect = ["docker", "image", "inspect", "--format", "{{json .Config}}", tag]
+        config = json.loads(subprocess.run(inspect, capture_output=True, text=True, check=True).stdout)
+    else:
+        inspect = ["buildah", "inspect", "--type", "image", tag]
+        config = json.loads(subprocess.run(inspect, capture_output=True, text=True, check=True).stdout)["Docker"]
+        config = config["config"]
+    yield BuiltImage(tag, result["tool"], config)
+    subprocess.run([result["tool"], "rmi", tag], capture_output=True, timeout=120, check=True)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if summary := config.stash.get(IMAGE_SUMMARY, None):
+        terminalreporter.write_sep("-", "container image")
+        terminalreporter.write_line(summary)
