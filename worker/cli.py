@@ -65,9 +65,12 @@ def _stack(embed: bool) -> Iterator[Settings]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from worker.consumer import Worker
+    from worker.supervisor import Supervisor, container_processes
 
     logs.configure(os.environ.get("WORKER_LOG_LEVEL", "INFO").upper())
     with _stack(args.embedded) as settings:
+        if (processes := container_processes(settings.processes)) > 1:
+            return Supervisor(settings, processes).run()
         worker = Worker(settings)
         worker.install_signal_handlers()
         server = worker.serve_health().start()

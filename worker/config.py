@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     timeout_scan_interval_seconds: float = Field(5, gt=0)
     flush_lease_seconds: float = Field(60, gt=0)
     transactional_id: str = ""
+    # Worker processes in this container (worker/supervisor.py); "auto": one per core of its CPU quota.
+    processes: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = 1
     # "topic=ums,other=cloudevents": input topics whose format is fixed; the others detect it per message.
     topic_formats: Annotated[dict[str, Format], NoDecode] = {}
 
