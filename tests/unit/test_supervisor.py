@@ -14,6 +14,7 @@ from worker.config import Settings
 from worker.supervisor import (
     FIRST_BACKOFF_S,
     MAX_BACKOFF_S,
+    Child,
     backoff_s,
     child_transactional_id,
     process_count,
@@ -93,3 +94,9 @@ def test_worker_processes_rejects_what_is_neither_a_count_nor_auto(value, monkey
 
 def test_worker_processes_defaults_to_one():
     assert Settings.model_fields["processes"].default == 1
+
+
+def test_a_child_that_is_down_fails_the_probes():
+    child = Child(1, {})
+    assert child.probe("/healthz") == "child 1: not running"
+    assert child.probe("/readyz") == "child 1: not running"
