@@ -42,6 +42,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from worker.config import Settings
+from worker.health import TextHandler
 
 log = structlog.get_logger("worker.supervisor")
 
@@ -243,26 +244,16 @@ class Supervisor:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         supervisor = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(TextHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
-                    self._send(200, generate_latest(supervisor.registry), CONTENT_TYPE_LATEST)
+                    self.reply(200, generate_latest(supervisor.registry), CONTENT_TYPE_LATEST)
                 elif path in ("/healthz", "/readyz"):
                     problems = supervisor.problems(path)
                     body = "\n".join(problems) if problems else ("ok" if path == "/healthz" else "ready")
-                    self._send(503 if problems else 200, (body + "\n").encode())
+                    self.reply(503 if problems else 200, (body + "\n").encode())
                 else:
-                    self._send(404, b"not found\n")
-
-            def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:  # probes are not news
-                pass
+                    self.reply(404, b"not found\n")
 
         return Handler
