@@ -22,7 +22,7 @@ from worker.deadletter import PREFIX, dead_letter_fields
 from worker.localstack import create_topics, embedded
 from worker.samples import expected_counts, samples
 
-# Embedded Tansu joins a group in ~23 s with librdkafka's default timeouts; these make it a few seconds.
+# The embedded brokers' groups settle in a few seconds with these (Tansu takes ~23 s with librdkafka's defaults).
 FAST_GROUP_TIMEOUTS = {
     "WORKER_KAFKA_SESSION_TIMEOUT_MS": "6000",
     "WORKER_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
@@ -54,7 +54,12 @@ def _stack(embed: bool) -> Iterator[Settings]:
         topics = dict.fromkeys(settings.input_topics, EMBEDDED_PARTITIONS)
         create_topics(
             settings.kafka_bootstrap_servers,
-            {**topics, settings.output_topic: EMBEDDED_PARTITIONS, settings.dlq_topic: 1},
+            {
+                **topics,
+                settings.output_topic: EMBEDDED_PARTITIONS,
+                settings.control_topic: EMBEDDED_PARTITIONS,
+                settings.dlq_topic: 1,
+            },
         )
         log = structlog.get_logger("worker.cli")
         log.info(
