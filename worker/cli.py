@@ -70,9 +70,12 @@ def _stack(embed: bool) -> Iterator[Settings]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from worker import app
+    from worker.supervisor import Supervisor, container_processes
 
     logs.configure(os.environ.get("WORKER_LOG_LEVEL", "INFO").upper())
     with _stack(args.embedded) as settings:
+        if (processes := container_processes(settings.processes)) > 1:
+            return Supervisor(settings, processes).run()
         try:
             worker = app.build(settings)
         except ConfigError as error:

@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     # A change whose timeout command was sent gets another one after this, if it is still open by then.
     flush_lease_seconds: float = Field(60, gt=0)
     transactional_id: str = ""
+    # Worker processes in this container (worker/supervisor.py); "auto": one per core of its CPU quota.
+    processes: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = 1
     # "topic=ums,other=cloudevents": input topics whose format is fixed; the others detect it per message.
     topic_formats: Annotated[dict[str, Format], NoDecode] = {}
 

@@ -58,6 +58,20 @@ class Health:
         return None if self.assigned else "no partitions assigned"
 
 
+class TextHandler(BaseHTTPRequestHandler):
+    """A GET handler's replies, plain text unless told otherwise; probes are not logged (they are not news)."""
+
+    def reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
 class HealthServer:
     def __init__(self, port: int, health: Health, checks: dict[str, Check]) -> None:
         self.health, self.checks = health, checks
@@ -85,29 +99,19 @@ class HealthServer:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(TextHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
-                    self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
+                    self.reply(200, generate_latest(), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
                     problem = server.health.alive()
-                    self._send(503 if problem else 200, (problem or "ok").encode() + b"\n")
+                    self.reply(503 if problem else 200, (problem or "ok").encode() + b"\n")
                 elif path == "/readyz":
                     problems = server.readiness()
                     body = ("\n".join(problems) if problems else "ready") + "\n"
-                    self._send(503 if problems else 200, body.encode())
+                    self.reply(503 if problems else 200, body.encode())
                 else:
-                    self._send(404, b"not found\n")
-
-            def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:  # probes are not news
-                pass
+                    self.reply(404, b"not found\n")
 
         return Handler

@@ -1,4 +1,9 @@
-"""Prometheus metrics, defined once. Label children used on the hot path are cached by the callers."""
+"""Prometheus metrics, defined once. Label children used on the hot path are cached by the callers.
+
+Under `WORKER_PROCESSES` > 1 (worker/supervisor.py) every process writes its samples to files that the
+supervisor's `/metrics` sums (prometheus-client's multiprocess mode): counters and histograms add up; each
+gauge says how its processes' values combine (`multiprocess_mode`, ignored in a single process). Info
+metrics are not kept in that mode."""
 
 from __future__ import annotations
 
@@ -9,11 +14,22 @@ from worker import __version__
 EVENTS = Counter("worker_events", "Input messages by event type and outcome", ["type", "outcome"])
 RECORDS = Counter("worker_records_emitted", "Records committed to the output topic", ["schema"])
 DLQ = Counter("worker_dlq_messages", "Messages committed to the dead-letter topic", ["reason"])
-OPEN_CHANGES = Gauge("worker_open_changes", "users.modified changes waiting for their final part (all workers)")
+OPEN_CHANGES = Gauge(
+    "worker_open_changes",
+    "users.modified changes waiting for their final part (all workers)",
+    multiprocess_mode="livemostrecent",  # every process reads the same shared count
+)
 CHANGES_CLOSED = Counter("worker_changes_closed", "users.modified changes closed", ["outcome"])
-ASSIGNED = Gauge("worker_assigned_partitions", "Input and control topic partitions assigned to this worker")
+ASSIGNED = Gauge(
+    "worker_assigned_partitions",
+    "Input and control topic partitions assigned to this worker",
+    multiprocess_mode="livesum",
+)
 LAG = Gauge(
-    "worker_consumer_lag", "High watermark minus committed offset, per assigned partition", ["topic", "partition"]
+    "worker_consumer_lag",
+    "High watermark minus committed offset, per assigned partition",
+    ["topic", "partition"],
+    multiprocess_mode="livemax",  # a partition belongs to one process; a stale copy goes with its process
 )
 BATCH_SECONDS = Histogram(
     "worker_batch_seconds",
@@ -25,10 +41,17 @@ RETRIES = Counter("worker_batch_retries", "Batches retried after a Redis or Kafk
 PRODUCER_FENCED = Counter(
     "worker_producer_fenced", "Transactional producers fenced by another producer with the same transactional.id"
 )
-READY = Gauge("worker_ready", "1 when Kafka and Redis are reachable and partitions are assigned")
+READY = Gauge(
+    "worker_ready", "1 when Kafka and Redis are reachable and partitions are assigned", multiprocess_mode="livemin"
+)
 # Tenant group limits (worker/tenants.py). The tenant label exists only for the 20 largest tenants a worker
 # saw, so the series stay bounded; the histogram covers every tenant.
-TENANT_GROUPS = Gauge("worker_tenant_groups", "Live groups of a tenant, for the 20 largest tenants seen", ["tenant"])
+TENANT_GROUPS = Gauge(
+    "worker_tenant_groups",
+    "Live groups of a tenant, for the 20 largest tenants seen",
+    ["tenant"],
+    multiprocess_mode="livemostrecent",  # a shared count, read by whichever process saw the tenant last
+)
 TENANT_GROUP_COUNT = Histogram(
     "worker_tenant_group_count",
     "Live groups of a tenant, observed at every change of its count",

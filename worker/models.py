@@ -9,31 +9,43 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, GetCoreSchemaHandler, JsonValue, TypeAdapter
 from pydantic.alias_generators import to_camel
+from pydantic_core import CoreSchema, core_schema
 
-if TYPE_CHECKING:  # ums.py builds on this module; Event only names its types
-    from worker.ums import UmsEnvelope, UmsGroup
+from worker.limits import MAX_GROUP_NAME
+from worker.ums import UmsEnvelope, UmsGroup
 
 GROUP_CREATED = "com.qlik.v1.group.created"
 GROUP_UPDATED = "com.qlik.v1.group.updated"
 GROUP_DELETED = "com.qlik.v1.group.deleted"
 USERS_MODIFIED = "com.qlik.v1.group.users.modified"
 
-# Qlik Cloud limits group names to 256 characters (API changelog, "Group validation updates").
-MAX_GROUP_NAME = 256
+
+class _Rfc3339:
+    """A timezone-aware timestamp given as RFC 3339 text (or a datetime), validated by pydantic's Rust core
+    alone: a number is not one (pydantic would read it as epoch seconds), a string without zone is refused."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, _source: Any, _handler: GetCoreSchemaHandler) -> CoreSchema:
+        text_or_datetime = core_schema.union_schema(
+            [core_schema.str_schema(strict=True), core_schema.datetime_schema(strict=True)]
+        )
+        return core_schema.chain_schema(
+            [
+                core_schema.custom_error_schema(
+                    text_or_datetime,
+                    custom_error_type="rfc3339_text",
+                    custom_error_message="Value error, must be an RFC 3339 timestamp string",
+                ),
+                core_schema.datetime_schema(tz_constraint="aware"),
+            ]
+        )
 
 
-def _rfc3339_text(value: object) -> object:
-    """Timestamps come as RFC 3339 text; a number is not one (pydantic would read it as epoch seconds)."""
-    if not isinstance(value, str | datetime):
-        raise ValueError("must be an RFC 3339 timestamp string")
-    return value
-
-
-Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text)]
+Timestamp = Annotated[datetime, _Rfc3339]
 # Producers that serialise empty lists as null (Go's nil slices) mean "none".
 EmptyIfNull = BeforeValidator(lambda value: [] if value is None else value)
 
@@ -111,6 +123,37 @@ class Envelope(BaseModel):
     datacontenttype: str | None = None
     userid: str | None = None
     tenantid: str | None = None
+
+
+class _Whole(Envelope):
+    """A CloudEvent of a known type with its `data` (an object), validated in one call: the common case.
+    Anything this does not accept is validated again step by step (`worker/decode.py`), for the reason."""
+
+    data: Group
+
+
+class _Created(_Whole):
+    type: Literal["com.qlik.v1.group.created"]
+
+
+class _Deleted(_Whole):
+    type: Literal["com.qlik.v1.group.deleted"]
+
+
+class _Updated(_Whole):
+    type: Literal["com.qlik.v1.group.updated"]
+    data: GroupUpdate
+
+
+class _UsersModified(_Whole):
+    type: Literal["com.qlik.v1.group.users.modified"]
+    data: UsersModified
+
+
+# The envelope and `data` of a known type in one validation, the type choosing the data model.
+WHOLE_EVENT: TypeAdapter[_Whole] = TypeAdapter(
+    Annotated[_Created | _Deleted | _Updated | _UsersModified, Field(discriminator="type")]
+)
 
 
 @dataclass(frozen=True, slots=True)

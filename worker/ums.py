@@ -25,7 +25,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from worker.models import MAX_GROUP_NAME
+from worker.limits import MAX_GROUP_NAME
 
 UMS_SOURCE: Final = "ums"
 UMS_TYPE: Final = "UserGroup"  # the wrapper's `application`; also the event type label of UMS messages

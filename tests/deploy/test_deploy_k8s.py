@@ -175,8 +175,9 @@ def test_scaled_object(k8s_base: Docs, input_partitions: int) -> None:
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
     spec = scaled["spec"]
     assert spec["scaleTargetRef"]["name"] == k8s_base["Deployment"]["metadata"]["name"]
-    # Consumers beyond the partition count get nothing to do.
-    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= input_partitions
+    # Consumers beyond the partition count get nothing to do; every worker process of a pod is one.
+    processes = int(k8s_base["ConfigMap"]["data"]["WORKER_PROCESSES"])
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= input_partitions // processes
     replicas = k8s_base["Deployment"]["spec"]["replicas"]
     assert spec["minReplicaCount"] <= replicas <= spec["maxReplicaCount"]
     (trigger,) = spec["triggers"]
@@ -277,3 +278,11 @@ def test_the_example_redis_fsyncs_every_write_and_serves_the_base_url(k8s_base: 
     service = yaml.safe_load((redis_dir / "service.yaml").read_text())
     url = k8s_base["ConfigMap"]["data"]["WORKER_REDIS_URL"]
     assert url.startswith(f"redis://{service['metadata']['name']}.{kustomization['namespace']}.svc:")
+
+
+def test_cpu_fits_the_worker_processes(k8s_base: Docs) -> None:
+    """One core per worker process: a process that gets less is throttled (README "Every core of a pod")."""
+    processes = int(k8s_base["ConfigMap"]["data"]["WORKER_PROCESSES"])
+    limit = container(k8s_base)["resources"]["limits"]["cpu"]
+    cores = int(limit[:-1]) / 1000 if str(limit).endswith("m") else float(limit)
+    assert cores >= processes

@@ -19,7 +19,7 @@ from cloudevents.v1.pydantic import CloudEvent as PydanticCloudEvent
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.decode import Rejected, Skipped, decode
+from worker.decode import Rejected, Skipped, _stepwise, _whole, decode
 from worker.models import (
     GROUP_CREATED,
     GROUP_DELETED,
@@ -509,3 +509,29 @@ def test_null_lists_mean_none_and_timestamps_must_be_text(seed_bytes):
     rejected = decode(orjson.dumps(event), None)
     assert isinstance(rejected, Rejected) and rejected.reason == "invalid_data"
     assert "createdAt" in rejected.detail and "RFC 3339" in rejected.detail
+
+
+@FAST
+@given(
+    envelope=st.dictionaries(
+        st.sampled_from(["id", "source", "type", "specversion", "time", "tenantid", "userid"]),
+        json_values | st.sampled_from([GROUP_CREATED, GROUP_UPDATED, USERS_MODIFIED, "2021-03-22T10:01:02+02:00"]),
+    ),
+    data=st.dictionaries(
+        st.sampled_from(["id", "name", "status", "tenantId", "createdAt", "lastUpdatedAt", "affectedUsers", "updates"]),
+        json_values | st.sampled_from(["active", TENANT, "2021-03-22T10:01:02Z", "1616407262", ["u1"]]),
+    ),
+)
+def test_one_validation_of_the_whole_event_agrees_with_the_stepwise_one(envelope, data, seed_event):
+    """The common case's single validation accepts only what the step-by-step one accepts, with equal models."""
+    try:
+        event = orjson.loads(json.dumps(seed_event("group-users-modified", envelope=envelope, data=data)))
+    except orjson.JSONDecodeError:  # infinity, or an integer beyond 64 bits: not JSON to decode()
+        return
+    whole = _whole(event)
+    stepwise = _stepwise(event, event.get("data"))
+    if whole is None:
+        return
+    assert isinstance(stepwise, Event), stepwise
+    assert whole.envelope.model_dump(exclude={"data"}) == stepwise.envelope.model_dump()
+    assert whole.data == stepwise.data
