@@ -124,6 +124,7 @@ class Loop:
             guarantee=s.processing_guarantee,
             group_protocol=s.group_protocol,
         )
+        self._sink.start()
         self._consumer.subscribe(
             s.subscribed_topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )

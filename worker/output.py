@@ -123,6 +123,9 @@ class Sink:
     def _producer_config(self) -> dict[str, Any]:
         return self._config
 
+    def start(self) -> None:
+        """Before the first poll: get ready for the first batch."""
+
     def begin(self) -> None:
         """Start a batch."""
         self._stubs = 0
@@ -248,6 +251,16 @@ class TransactionalSink(Sink):
 
     def _producer_config(self) -> dict[str, Any]:
         return {**self._config, "transactional.id": self._ids.current()}
+
+    def start(self) -> None:
+        """`init_transactions` now, not at the first batch: it aborts the transaction a killed predecessor with
+        the same transactional.id left open, and until then the consumer's committed-offset fetch (RequireStable
+        under read_committed) waits for that transaction, up to `transaction.timeout.ms`. A failure here is
+        retried by the first `begin`."""
+        try:
+            self._init()
+        except KafkaException as error:
+            log.warning("init_transactions_failed", error=str(error))
 
     def begin(self) -> None:
         super().begin()

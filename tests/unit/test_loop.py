@@ -337,3 +337,15 @@ def test_retries_are_counted_by_cause() -> None:
     after = {c: REGISTRY.get_sample_value("worker_batch_retries_total", {"cause": c}) or 0 for c in before}
     assert (after["redis"] - before["redis"], after["kafka"] - before["kafka"]) == (1, 1)
     assert h.outputs() == [b"0:10"]
+
+
+def test_the_producer_fences_its_predecessor_before_the_first_poll() -> None:
+    """A restarted worker's consumer fetches its committed offsets with RequireStable (read_committed, KIP-447),
+    which waits while its predecessor's transaction is pending: if init_transactions (which aborts that
+    transaction) only came with the first batch, the restart would wait out transaction.timeout.ms (60 s by
+    default) before it consumed anything."""
+    h = Harness([])
+    first_poll: list[list[str]] = []
+    h.consumer.script.append(lambda: first_poll.append(list(h.kafka.calls)))
+    h.run()
+    assert first_poll == [["init_transactions"]]
