@@ -248,7 +248,7 @@ class Loop:
     def _settle(self, result: BatchResult) -> None:
         try:
             self._processor.settle(result)
-        except redis.RedisError as error:  # leases expire and deadlines are re-checked: nothing is lost
+        except redis.RedisError as error:  # a deadline left behind makes a later scan send a harmless command
             log.warning("settle_failed", error=str(error))
 
     def _shutdown_left(self) -> float:
