@@ -78,6 +78,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ingest(_args: argparse.Namespace) -> int:
+    from worker.ingest import serve
+
+    logs.configure(os.environ.get("WORKER_LOG_LEVEL", "INFO").upper())
+    return serve(load_settings())
+
+
 def cmd_sample_events(_args: argparse.Namespace) -> int:
     settings = load_settings()
     send_samples(settings)
@@ -268,6 +275,7 @@ def _redrive_arguments(parser: argparse.ArgumentParser) -> None:
 
 COMMANDS: dict[str, Command | Group] = {
     "run": Command(cmd_run, "run the worker until SIGTERM/SIGINT", _run_arguments),
+    "ingest": Command(cmd_ingest, "serve the signed Qlik Cloud webhook endpoint that puts events on the ingest topic"),
     "demo": Command(cmd_demo, "embedded stack + worker + sample events: print the records and DLQ entries, then exit"),
     "sample-events": Command(cmd_sample_events, "send the sample events to the first input topic and exit"),
     "check": Command(
