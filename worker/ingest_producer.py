@@ -89,15 +89,18 @@ class Publisher:
         self._fatal: KafkaError | None = None
         self._reports: list[Report] = []  # filled by callbacks, which run in the poll thread only
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._poll_loop, name="ingest-poll", daemon=True)
+        self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the poll thread, handing reports to `loop` (again after `close`, for an app started twice)."""
         self._loop = loop
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._poll_loop, name="ingest-poll", daemon=True)
         self._thread.start()
 
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._thread is not None and self._thread.is_alive()
 
     async def publish(self, value: bytes, key: bytes | None, headers: Headers) -> Delivered:
         """Produce `value` as it is; return where the broker stored it, or raise `Unavailable`."""
@@ -136,7 +139,7 @@ class Publisher:
     def close(self, timeout: float) -> None:
         """Stop polling, give queued records `timeout` to be acknowledged, answer what is left (blocking)."""
         self._stopping.set()
-        if self._thread.is_alive():
+        if self._thread is not None:
             self._thread.join()
         self._producer.flush(timeout)
         self._producer.purge()
