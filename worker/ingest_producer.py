@@ -11,8 +11,10 @@ How a delivery report reaches a request:
    `Unavailable` first when no report came within the delivery timeout (the record may still be stored later:
    see README "Receiving events from Qlik Cloud").
 
-A producer that reports a fatal error (librdkafka: the idempotence state cannot be recovered) never delivers
-again; the poll thread replaces it with a new one and purges the old one, whose pending requests get 503.
+A producer that stays broken never delivers again: a fatal error (librdkafka: the idempotence state cannot be
+recovered), or a delivery report saying its producer id or epoch is no longer valid (seen after a broker
+pause: records timed out in flight, the producer bumped its epoch, and the broker fenced it for good). The poll
+thread replaces it with a new one and purges the old one, whose pending requests get 503.
 """
 
 from __future__ import annotations
@@ -32,6 +34,18 @@ from worker.config import Settings
 log = structlog.get_logger("worker.ingest")
 
 Headers = Sequence[tuple[str, bytes]]
+# Delivery errors after which this producer's id/epoch is unusable: every later record would fail the same way.
+BROKEN_PRODUCER = frozenset(
+    {
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.INVALID_PRODUCER_ID_MAPPING,
+        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+        KafkaError.UNKNOWN_PRODUCER_ID,
+        KafkaError._FENCED,
+        KafkaError._FATAL,
+    }
+)
 Report = tuple["asyncio.Future[Delivered]", KafkaError | None, Message | None]
 
 
@@ -86,7 +100,7 @@ class Publisher:
         self._config = {**config, "error_cb": self._on_error}
         self._factory = factory
         self._producer = factory(self._config)
-        self._fatal: KafkaError | None = None
+        self._broken: KafkaError | None = None
         self._reports: list[Report] = []  # filled by callbacks, which run in the poll thread only
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -108,6 +122,8 @@ class Publisher:
         future: asyncio.Future[Delivered] = self._loop.create_future()
 
         def report(error: KafkaError | None, message: Message | None) -> None:
+            if error is not None and (error.fatal() or error.code() in BROKEN_PRODUCER):
+                self._broken = error
             self._reports.append((future, error, message))
 
         try:
@@ -116,7 +132,7 @@ class Publisher:
             raise Unavailable("the producer's queue is full") from None
         except KafkaException as error:
             if error.args[0].fatal():
-                self._fatal = error.args[0]
+                self._broken = error.args[0]
             raise Unavailable(error.args[0].str()) from None
         timer = self._loop.call_later(self.timeout_s, _expire, future, self.timeout_s)
         try:
@@ -126,8 +142,8 @@ class Publisher:
 
     def reachable(self, timeout: float) -> str | None:
         """None when the broker answers metadata for the topic, else why not (blocking: run in a thread)."""
-        if self._fatal is not None:
-            return f"producer failed: {self._fatal.str()}"
+        if self._broken is not None:
+            return f"producer broken: {self._broken.str()}"
         try:
             topic = self._producer.list_topics(self.topic, timeout=timeout).topics.get(self.topic)
         except KafkaException as error:
@@ -151,7 +167,7 @@ class Publisher:
     def _poll_loop(self) -> None:
         while not self._stopping.is_set():
             self._producer.poll(0.05)
-            if self._fatal is not None:
+            if self._broken is not None:
                 self._replace()
             self._hand_over()
 
@@ -162,15 +178,15 @@ class Publisher:
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
-            self._fatal = error
+            self._broken = error
         log.warning("kafka_error", error=error.str(), fatal=error.fatal())
 
     def _replace(self) -> None:
-        old, reason = self._producer, self._fatal
+        old, reason = self._producer, self._broken
         self._producer = self._factory(self._config)
         old.purge()  # its records fail with a purge error: their requests get 503
         old.poll(0)
-        self._fatal = None  # after the old producer's last callbacks, which may repeat its error
+        self._broken = None  # after the old producer's last callbacks, which may repeat its error
         ingest_metrics.PRODUCERS_REPLACED.inc()
         log.error("ingest_producer_replaced", reason=reason.str() if reason else None)
 

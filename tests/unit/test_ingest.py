@@ -53,7 +53,9 @@ class FakeProducer:
     """Acknowledges every record at the next poll, unless told otherwise (`mode`)."""
 
     config: dict[str, Any]
-    mode: str = "ack"  # ack | silent (never reports) | error (reports an error) | full (BufferError)
+    # ack | silent (never reports) | error (reports a timeout) | full (BufferError) | fatal (produce raises a
+    # fatal error) | fenced (reports PRODUCER_FENCED, for good)
+    mode: str = "ack"
     produced: list[tuple[str, bytes, bytes | None, list[tuple[str, bytes]]]] = field(default_factory=list)
     pending: list[tuple[Callable[..., None], str]] = field(default_factory=list)
     purged: bool = False
@@ -76,6 +78,8 @@ class FakeProducer:
         for index, (callback, topic) in enumerate(pending):
             if self.mode == "error":
                 callback(KafkaError(KafkaError._MSG_TIMED_OUT, "timed out"), None)
+            elif self.mode == "fenced":
+                callback(KafkaError(KafkaError.PRODUCER_FENCED, "fenced"), None)
             else:
                 callback(None, FakeMessage(topic, 0, len(self.produced) - len(pending) + index))
         if not pending:
@@ -271,8 +275,9 @@ def test_no_acknowledgement_within_the_delivery_timeout_is_503(endpoint_factory)
     assert response.status_code == 503 and "no acknowledgement within 300 ms" in response.json()["error"]
 
 
-def test_a_producer_with_a_fatal_error_is_replaced(endpoint_factory):
-    endpoint = endpoint_factory(mode="fatal")
+@pytest.mark.parametrize("mode", ["fatal", "fenced"])
+def test_a_producer_that_stays_broken_is_replaced(endpoint_factory, mode):
+    endpoint = endpoint_factory(mode=mode)
     before = ingest_metrics.PRODUCERS_REPLACED._value.get()
     assert endpoint.post(b'{"id": "x"}').status_code == 503
     response = None
