@@ -92,7 +92,7 @@ def test_every_answer_of_the_table_and_only_accepted_bodies_reach_kafka(stack: S
     messages = stored(stack, 3)
     assert [value for value, _key, _headers in messages].count(body) == 1
     assert len(messages) == 3, "a refused request reached Kafka"
-    value, key, headers = next(m for m in messages if m[0] == body)
+    _value, key, headers = next(m for m in messages if m[0] == body)
     assert key == b"VZhiEfgW2bLd7HgR-jjzAh6VnicipweT:507f191e810c19729de860ea"
     assert headers["content-type"] == b"application/cloudevents+json"
     assert headers["ingest.received_at"].endswith(b"Z")
