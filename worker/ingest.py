@@ -13,6 +13,7 @@ Also `/healthz`, `/readyz` (Kafka answers for the topic), `/metrics` and `/opena
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -241,6 +242,10 @@ def serve(settings: Settings) -> int:
         access_log=False,  # the webhook line above says more, and never the body
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
     )
+    # uvicorn handles SIGTERM/SIGINT itself (stop accepting, finish requests, lifespan shutdown) and then
+    # re-raises the signal to the handler from before it started: by then there is nothing left to do.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, lambda *_: None)
     uvicorn.Server(config).run()
     return 0
 

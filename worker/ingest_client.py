@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
@@ -73,11 +74,11 @@ def webhook_form(sample: Sample) -> tuple[bytes, str]:
 
 @dataclass
 class IngestProcess:
-    """`python -m worker ingest` as a child process (its log in a file), stopped with SIGTERM."""
+    """`python -m worker ingest` as a child process (its log in a file, or on our stdout), stopped with SIGTERM."""
 
     env: dict[str, str]
     port: int
-    log_path: Path
+    log_path: Path | None
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -90,15 +91,19 @@ class IngestProcess:
 
     def start(self, timeout: float = 60) -> IngestProcess:
         env = {**os.environ, **self.env, "WORKER_INGEST_PORT": str(self.port)}
-        with self.log_path.open("ab") as log:
+        with self.log_path.open("ab") if self.log_path else contextlib.nullcontext() as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "worker", "ingest"], env=env, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "worker", "ingest"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches its parent, which stops it (one signal: a clean drain)
             )
         deadline = time.monotonic() + timeout
         while self.status("/readyz") != 200:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"the ingest did not become ready (log: {self.log_path})")
+                raise RuntimeError(f"the ingest did not become ready (log: {self.log_path or 'above'})")
             time.sleep(0.2)
         return self
 
