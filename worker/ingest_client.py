@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import ssl
 import subprocess
 import sys
 import time
@@ -79,11 +80,12 @@ class IngestProcess:
     env: dict[str, str]
     port: int
     log_path: Path | None
+    tls: bool = False  # it serves HTTPS (WORKER_INGEST_TLS_* in env)
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{HOST}:{self.port}"
 
     @property
     def webhook_url(self) -> str:
@@ -108,8 +110,10 @@ class IngestProcess:
         return self
 
     def status(self, path: str) -> int:
+        # Our own child on 127.0.0.1, whatever certificate it was given (a test's self-signed one).
+        context = ssl._create_unverified_context() if self.tls else None
         try:
-            with urllib.request.urlopen(self.url + path, timeout=5) as response:
+            with urllib.request.urlopen(self.url + path, timeout=5, context=context) as response:
                 return int(response.status)
         except urllib.error.HTTPError as error:
             return error.code

@@ -5,6 +5,9 @@ the seed examples and the UMS example posted signed, the worker's records read b
 from __future__ import annotations
 
 import http.client
+import shutil
+import ssl
+import subprocess
 import time
 import uuid
 from collections import Counter
@@ -30,9 +33,9 @@ StartIngest = Callable[..., IngestProcess]
 def start_ingest(stack: Stack, tmp_path: Path) -> Iterator[StartIngest]:
     started: list[IngestProcess] = []
 
-    def start(**extra: str) -> IngestProcess:
+    def start(tls: bool = False, **extra: str) -> IngestProcess:
         env = stack.worker_env(WORKER_INGEST_SECRETS=f"old-secret-old-secret-old-secret,{SECRET}", **extra)
-        ingest = IngestProcess(env, free_port(), tmp_path / f"ingest-{len(started)}.log").start()
+        ingest = IngestProcess(env, free_port(), tmp_path / f"ingest-{len(started)}.log", tls).start()
         started.append(ingest)
         return ingest
 
@@ -162,3 +165,22 @@ def test_seed_examples_posted_signed_come_out_as_the_workers_records(stack: Stac
     }
     assert {r["group_id"] for r in records} == {"507f191e810c19729de860ea", "f68c05b7-b6a0-46bf-9b6d-d8fecd31db21"}
     assert stack.read(stack.dlq_topic, lambda m: False, 0) == []
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed (makes the test certificate)")
+def test_serves_https_with_a_certificate_and_key(stack: Stack, start_ingest: StartIngest, tmp_path: Path):
+    stack.create_topics(1)
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    ingest = start_ingest(tls=True, WORKER_INGEST_TLS_CERTFILE=str(cert), WORKER_INGEST_TLS_KEYFILE=str(key))
+    context = ssl.create_default_context(cafile=str(cert))
+    connection = http.client.HTTPSConnection("127.0.0.1", ingest.port, timeout=30, context=context)
+    body = event("over-tls")
+    headers = {"Content-Type": "application/json", "Qlik-Signature": sign(body, SECRET)}
+    connection.request("POST", "/webhooks/qlik", body, headers)
+    assert connection.getresponse().status == 202  # the certificate verified against the one we gave it
+    connection.close()

@@ -372,3 +372,11 @@ def test_webhook_conforms_to_its_openapi_document(case):
     response = case.call_and_validate()
     if not negative:
         assert response.status_code == 202, response.text
+
+
+def test_the_command_refuses_to_start_without_a_secret_and_says_why(capsys):
+    from worker.cli import main
+
+    assert main(["ingest"]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to start" in err and "WORKER_INGEST_SECRETS" in err and "WORKER_INGEST_ALLOW_UNSIGNED" in err
