@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.resources import as_file, files
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
 from worker.config import Settings
 from worker.ingest_client import Answer, IngestProcess, curl_command, post, webhook_form
@@ -24,20 +24,22 @@ from worker.samples import Sample, samples
 class Beside:
     ingest: IngestProcess
     secret: str
+    generated: bool  # the demo's own secret, not one from WORKER_INGEST_SECRETS
 
 
 @contextmanager
 def ingest_beside(log_level: str | None = None) -> Iterator[Beside]:
     """The ingest for the current (embedded) settings: WORKER_INGEST_SECRETS and WORKER_INGEST_PORT when set,
     else a generated secret (48 hex characters: within Qlik's 32 to 64) and a free port."""
-    secret = os.environ.get("WORKER_INGEST_SECRETS", "").split(",")[0].strip() or secrets.token_hex(24)
+    configured = os.environ.get("WORKER_INGEST_SECRETS", "").split(",")[0].strip()
+    secret = configured or secrets.token_hex(24)
     port = int(os.environ.get("WORKER_INGEST_PORT") or free_port())
     env = {"WORKER_INGEST_SECRETS": os.environ.get("WORKER_INGEST_SECRETS") or secret}
     if log_level:
         env["WORKER_LOG_LEVEL"] = log_level
     ingest = IngestProcess(env, port, None).start()
     try:
-        yield Beside(ingest, secret)
+        yield Beside(ingest, secret, generated=not configured)
     finally:
         ingest.stop()
 
@@ -46,15 +48,16 @@ def curl_hint(beside: Beside) -> str:
     """What `make run` prints once the ingest is ready."""
     with as_file(files("worker") / "examples" / "group-created.json") as example:
         command = curl_command(beside.ingest.webhook_url, example, beside.secret, "application/cloudevents+json")
+    secret = f" (demo secret {beside.secret})" if beside.generated else " (first of WORKER_INGEST_SECRETS)"
     return (
-        f"\ningest ready: {beside.ingest.webhook_url} (demo secret {beside.secret})\n"
+        f"\ningest ready: {beside.ingest.webhook_url}{secret}\n"
         "post the signed seed example 'group created'; its record is printed below within seconds:\n\n"
         f"  {command}\n"
     )
 
 
 def follow_records(settings: Settings, stop: threading.Event) -> None:
-    """Print every committed record of the output topic, from the start, until `stop` is set."""
+    """Print every record committed to the output topic from now on, until `stop` is set."""
     consumer = Consumer(
         {
             **settings.kafka_overrides("consumer"),
@@ -65,7 +68,7 @@ def follow_records(settings: Settings, stop: threading.Event) -> None:
         }
     )
     partitions = consumer.list_topics(settings.output_topic, timeout=10).topics[settings.output_topic].partitions
-    consumer.assign([TopicPartition(settings.output_topic, p, OFFSET_BEGINNING) for p in partitions])
+    consumer.assign([TopicPartition(settings.output_topic, p, OFFSET_END) for p in partitions])
     try:
         while not stop.is_set():
             for message in consumer.consume(100, 0.5):
