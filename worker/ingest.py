@@ -4,8 +4,9 @@ the ingest topic and answers 202 only after the broker acknowledged it. It does 
 worker does, so one place decides what is valid (and dead-letters the rest).
 
 `POST /webhooks/qlik`, in this order (the first that fails answers):
-  405 another method · 415 content type · 413 `Content-Length` over the limit · 413 body over the limit while
-  reading · 401 `Qlik-Signature` missing or wrong (raw body, every configured secret) · 400 not a JSON object ·
+  405 another method · 415 content type · 400 `Content-Length` not a number · 413 `Content-Length` over the
+  limit · 413 body over the limit while reading · 401 `Qlik-Signature` missing or wrong (raw body, every
+  configured secret) · 400 not a JSON object ·
   503 Kafka unavailable or no acknowledgement in time (`Retry-After`) · 202 `{topic, partition, offset}`.
 Also `/healthz`, `/readyz` (Kafka answers for the topic), `/metrics` and `/openapi.json` on the same port.
 """
