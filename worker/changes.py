@@ -1,97 +1,92 @@
-"""The open-change store: reassembly state of `users.modified` changes in Redis, shared by all workers.
+"""The open-change store in Redis: reassembly state of `users.modified` changes, shared by all workers.
 
-Key layout (one hash tag per change, so every script touches one Redis Cluster slot):
+Key layout (one hash tag per change, so every script call touches one Redis Cluster slot):
 - `gew:change:{<change_id>}:users`   hash user -> event id of the part that carried it
+- `gew:change:{<change_id>}:order`   list of the users in arrival order: the chunks of a close index it
 - `gew:change:{<change_id>}:emitted` hash user -> tag of the emission that claimed it
-- `gew:change:{<change_id>}:meta`    hash: info (record fields, JSON), final, timed_out, lease, lease_until
-- `gew:deadlines`                    sorted set change_id -> deadline (ms): the timeout flush's work list.
-  Single-key commands only, added next to the part scripts in the same pipeline (ZADD NX keeps the first
-  deadline), and removed once a close is durable in Kafka (or lazily by the flusher when it finds it closed).
+- `gew:change:{<change_id>}:meta`    hash: info (record fields, JSON), final or timed_out (the closing tag),
+  end (users the close owes), next (where the next chunk starts)
+- `gew:change:{<change_id>}:chunks`  hash tag -> "start:stop", the users each closing or continue message
+  emitted, so its replay emits the same ones
+- `gew:deadlines`                    sorted set change_id -> when to send its timeout command (ms). Only
+  single-key commands and `worker/lua/due.lua` touch it, never together with change keys, so on Redis Cluster
+  it is one slot like any other key. Added next to the part calls in the same pipeline (ZADD NX keeps the
+  first deadline); a scan moves the deadlines it takes `resend_ms` ahead (the next scan gets the next ones,
+  and a command that was lost is sent again then); removed once a close is durable in Kafka (or when a
+  timeout command finds its change closed already).
 All change keys expire `batch_timeout + dedupe_ttl` after their last touch, so abandoned state goes away.
-The rules are in `worker/reassembly.py`; the Lua scripts implement them atomically.
+The rules are in `worker/reassembly.py`; `worker/lua/change.lua` implements them atomically.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import orjson
-import redis
 
-from worker.reassembly import Emission, Part, TimeoutOutcome
+from worker import control
+from worker.reassembly import CHUNK_USERS, Emission, Part
 from worker.records import ChangeInfo
-from worker.redis_scripts import Call, Command, LuaScript
+from worker.redis_scripts import Arg, Call, Client, Command, LuaScript
+from worker.stores import Closed
 
 DEADLINES = "gew:deadlines"
 
 
 def change_keys(change_id: str) -> list[str]:
     prefix = "gew:change:{" + change_id + "}:"
-    return [prefix + "users", prefix + "emitted", prefix + "meta"]
+    return [prefix + "users", prefix + "order", prefix + "emitted", prefix + "meta", prefix + "chunks"]
 
 
-@dataclass(frozen=True, slots=True)
-class Closed:
-    """An emission with the record fields stored for its change."""
+class RedisChangeStore:
+    """`worker.stores.ChangeStore` in Redis."""
 
-    info: ChangeInfo
-    emission: Emission
-
-
-class ChangeStore:
-    def __init__(self, client: redis.Redis, *, timeout_ms: int, ttl_seconds: int, lease_ms: int) -> None:
+    def __init__(
+        self, client: Client, *, timeout_ms: int, ttl_seconds: int, resend_ms: int, chunk: int = CHUNK_USERS
+    ) -> None:
         self._client = client
-        self._part = LuaScript(client, "part")
-        self._timeout = LuaScript(client, "timeout")
-        self._confirm = LuaScript(client, "confirm")
-        self._timeout_ms, self._ttl, self._lease_ms = timeout_ms, ttl_seconds, lease_ms
+        self._change = LuaScript(client, "change")
+        self._due = LuaScript(client, "due")
+        self._timeout_ms, self._ttl, self._resend_ms, self._chunk = timeout_ms, ttl_seconds, resend_ms, chunk
 
     def apply_parts(self, parts: Sequence[tuple[ChangeInfo, Part]], now_ms: int) -> list[Closed | None]:
-        """Apply parts in order, in one round trip; each result is what that part emits (None: still open)."""
         if not parts:
             return []
         deadline = now_ms + self._timeout_ms
         deadlines: list[Command] = [("ZADD", DEADLINES, "NX", deadline, info["change_id"]) for info, _ in parts]
-        deadlines.append(("EXPIRE", DEADLINES, self._ttl))  # emptied by the flushers; the TTL is a backstop
+        deadlines.append(("EXPIRE", DEADLINES, self._ttl))  # emptied as changes close; the TTL is a backstop
         calls: list[Call] = [
             (
                 change_keys(info["change_id"]),
                 [
+                    "part",
                     part.tag,
+                    self._ttl,
+                    self._chunk,
                     part.event_id,
                     "1" if part.final else "0",
-                    self._ttl,
                     orjson.dumps(info),
                     *part.users,
                 ],
             )
             for info, part in parts
         ]
-        return [
-            _closed(reply[2], reply[3:], late=reply[0] == 1, complete=reply[1] == 1) if reply else None
-            for reply in self._part.run(calls, also=deadlines)
-        ]
+        return [_closed(reply) for reply in self._change.run(calls, also=deadlines)]
+
+    def apply_commands(self, commands: Sequence[tuple[control.Command, str]]) -> list[Closed | None]:
+        calls: list[Call] = []
+        for command, tag in commands:
+            args: list[Arg] = ["timeout" if command.cursor is None else "continue", tag, self._ttl, self._chunk]
+            if command.cursor is not None:
+                args.append(command.cursor)
+            calls.append((change_keys(command.change_id), args))
+        return [_closed(reply) for reply in self._change.run(calls)]
 
     def due(self, now_ms: int, limit: int) -> list[str]:
-        members: list[bytes] = self._client.zrangebyscore(DEADLINES, "-inf", now_ms, start=0, num=limit)  # type: ignore[assignment]
+        (members,) = self._due.run([([DEADLINES], [now_ms, limit, now_ms + self._resend_ms])])
         return [m.decode() for m in members]
 
-    def apply_timeouts(self, change_ids: Sequence[str], token: str, now_ms: int) -> list[Closed | TimeoutOutcome]:
-        calls: list[Call] = [(change_keys(cid), [token, now_ms, self._lease_ms, self._ttl]) for cid in change_ids]
-        out: list[Closed | TimeoutOutcome] = []
-        for reply in self._timeout.run(calls):
-            if reply[0] == b"emit":
-                out.append(_closed(reply[1], reply[2:], late=False, complete=False))
-            else:
-                out.append(TimeoutOutcome(reply[0].decode()))
-        return out
-
-    def settle(self, closed_ids: Sequence[str], leases: Sequence[tuple[str, str]]) -> None:
-        """After Kafka acknowledged a batch: confirm its timeout leases and drop its closed changes' deadlines."""
-        if leases:
-            confirms: list[Call] = [([change_keys(cid)[2]], [token]) for cid, token in leases]
-            self._confirm.run(confirms)
+    def settle(self, closed_ids: Sequence[str]) -> None:
         if closed_ids:
             self._client.zrem(DEADLINES, *closed_ids)
 
@@ -99,6 +94,11 @@ class ChangeStore:
         return int(self._client.zcard(DEADLINES))
 
 
-def _closed(info: bytes, flat: Sequence[bytes], *, late: bool, complete: bool) -> Closed:
-    users = tuple((flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2))
-    return Closed(orjson.loads(info), Emission(users, complete=complete, late=late))
+def _closed(reply: Sequence[bytes | int]) -> Closed | None:
+    if not reply:
+        return None
+    late, complete, cursor, info, *flat = reply
+    users = tuple((bytes(flat[i]).decode(), bytes(flat[i + 1]).decode()) for i in range(0, len(flat), 2))
+    next_cursor = None if cursor == -1 else int(cursor)
+    emission = Emission(users, complete=complete == 1, late=late == 1, next_cursor=next_cursor)
+    return Closed(orjson.loads(bytes(info)), emission)

@@ -17,12 +17,12 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from pydantic import ValidationError
 
 from worker import __version__, dlq, logs, ops
-from worker.config import Settings, describe_errors
+from worker.config import ConfigError, Settings, describe_errors
 from worker.deadletter import PREFIX, dead_letter_fields
 from worker.localstack import create_topics, embedded
 from worker.samples import expected_counts, samples
 
-# Embedded Tansu joins a group in ~23 s with librdkafka's default timeouts; these make it a few seconds.
+# The embedded brokers' groups settle in a few seconds with these (Tansu takes ~23 s with librdkafka's defaults).
 FAST_GROUP_TIMEOUTS = {
     "WORKER_KAFKA_SESSION_TIMEOUT_MS": "6000",
     "WORKER_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
@@ -51,10 +51,15 @@ def _stack(embed: bool) -> Iterator[Settings]:
             for key, value in FAST_GROUP_TIMEOUTS.items():
                 os.environ.setdefault(key, value)
         settings = load_settings()
-        topics = dict.fromkeys(settings.input_topics, EMBEDDED_PARTITIONS)
+        topics = dict.fromkeys(settings.subscribed_topics, EMBEDDED_PARTITIONS)
         create_topics(
             settings.kafka_bootstrap_servers,
-            {**topics, settings.output_topic: EMBEDDED_PARTITIONS, settings.dlq_topic: 1},
+            {
+                **topics,
+                settings.output_topic: EMBEDDED_PARTITIONS,
+                settings.control_topic: EMBEDDED_PARTITIONS,
+                settings.dlq_topic: 1,
+            },
         )
         log = structlog.get_logger("worker.cli")
         log.info(
@@ -64,15 +69,19 @@ def _stack(embed: bool) -> Iterator[Settings]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from worker.consumer import Worker
+    from worker import app
 
     logs.configure(os.environ.get("WORKER_LOG_LEVEL", "INFO").upper())
     with _stack(args.embedded) as settings, _ingest_beside(args.embedded, settings):
-        worker = Worker(settings)
-        worker.install_signal_handlers()
-        server = worker.serve_health().start()
         try:
-            worker.run()
+            worker = app.build(settings)
+        except ConfigError as error:
+            print(f"invalid configuration: {error}", file=sys.stderr)
+            return 2
+        worker.loop.install_signal_handlers()
+        server = worker.health_server.start()
+        try:
+            worker.loop.run()
         finally:
             server.stop()
     return 0
@@ -127,12 +136,12 @@ def send_samples(settings: Settings) -> None:
 
 def cmd_demo(_args: argparse.Namespace) -> int:
     """Embedded stack + worker + ingest; the sample events posted as signed webhooks; print what comes out."""
-    from worker.consumer import Worker
+    from worker import app
     from worker.ingest_demo import ingest_beside, post_samples
 
     logs.configure("WARNING")
     with _stack(embed=True) as settings, ingest_beside("WARNING") as beside:
-        worker = Worker(settings)
+        worker = app.build(settings).loop
         runner = threading.Thread(target=worker.run, name="worker")
         runner.start()
         try:

@@ -20,7 +20,30 @@ ENV_PREFIX = "WORKER_"
 KAFKA_PREFIX = ENV_PREFIX + "KAFKA_"
 
 Guarantee = Literal["exactly_once", "at_least_once"]
+GroupProtocol = Literal["classic", "consumer"]
 Role = Literal["consumer", "producer", "any"]
+
+# Consumer settings the guarantees rest on: offsets are stored and committed by the worker only, with (or
+# after) the output they caused, and only committed transactions are read. `WORKER_KAFKA_*` cannot change
+# them: a different value is refused at start.
+GUARANTEED_CONSUMER = {
+    "enable.auto.commit": "false",
+    "enable.auto.offset.store": "false",
+    "isolation.level": "read_committed",
+}
+# Under the classic protocol: eager assignment, so a revocation takes every partition at once between batches.
+CLASSIC_ASSIGNMENT = {"partition.assignment.strategy": "range"}
+# Decided by the broker under the consumer protocol (KIP-848); librdkafka refuses them there.
+BROKER_DECIDED = {
+    "partition.assignment.strategy": "group.remote.assignor",
+    "session.timeout.ms": "the broker's group.consumer.session.timeout.ms",
+    "heartbeat.interval.ms": "the broker's group.consumer.heartbeat.interval.ms",
+}
+
+
+class ConfigError(ValueError):
+    """A setting the worker refuses, with the variable to change."""
+
 
 # librdkafka properties (or prefixes) of one client role; the other role would log a CONFWARN for each.
 CONSUMER_ONLY = (
@@ -67,15 +90,22 @@ class Settings(BaseSettings):
     control_topic: str = "group-events-worker.control"
     group_id: str = "group-events-worker"
     redis_url: str = "redis://localhost:6379/0"
+    redis_cluster: bool = False  # WORKER_REDIS_URL names one node of a Redis Cluster: use a cluster client
+    # Replicas that must acknowledge a batch's Redis writes (WAIT) before its Kafka commit; 0: no wait.
+    redis_min_replicas: int = Field(0, ge=0)
     metrics_port: int = Field(9400, ge=0, le=65535)
     dedupe_ttl_seconds: int = Field(86_400, gt=0)
     batch_timeout_seconds: float = Field(900, gt=0)
     shutdown_timeout_seconds: float = Field(30, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     processing_guarantee: Guarantee = "exactly_once"
+    # "consumer": the next-generation group protocol (KIP-848, Apache Kafka 4+): the broker assigns partitions
+    # incrementally, so members keep theirs while the group changes.
+    group_protocol: GroupProtocol = "classic"
     batch_size: int = Field(1000, ge=1, le=100_000)
     batch_max_wait_ms: int = Field(20, ge=1, le=10_000)
     timeout_scan_interval_seconds: float = Field(5, gt=0)
+    # A change whose timeout command was sent gets another one after this, if it is still open by then.
     flush_lease_seconds: float = Field(60, gt=0)
     transactional_id: str = ""
     # "topic=ums,other=cloudevents": input topics whose format is fixed; the others detect it per message.
@@ -144,20 +174,49 @@ class Settings(BaseSettings):
     def kafka_overrides(self, role: Role = "any", environ: Mapping[str, str] | None = None) -> dict[str, str]:
         """librdkafka settings from `WORKER_KAFKA_*` (bootstrap servers included), without the ones the other
         client role would only warn about."""
-        env = os.environ if environ is None else environ
-        skip = {"consumer": PRODUCER_ONLY, "producer": CONSUMER_ONLY, "any": ()}[role]
-        extra = {
-            name: value
-            for key, value in env.items()
-            if key.startswith(KAFKA_PREFIX)
-            and not (name := key[len(KAFKA_PREFIX) :].lower().replace("_", ".")).startswith(skip)
-        }
+        extra = {name: value for name, (_variable, value) in _kafka_variables(role, environ).items()}
         extra["bootstrap.servers"] = self.kafka_bootstrap_servers
         return extra
 
+    def consumer_config(self, environ: Mapping[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
+        """The consumer's librdkafka settings from `WORKER_KAFKA_*` and the group protocol, with the guaranteed
+        ones fixed; and a warning per override dropped. Raises `ConfigError` for an override of a guaranteed
+        setting."""
+        variables = _kafka_variables("consumer", environ)
+        fixed = {**GUARANTEED_CONSUMER, "group.protocol": self.group_protocol}
+        if self.group_protocol == "classic":
+            fixed |= CLASSIC_ASSIGNMENT
+        for name, wanted in fixed.items():
+            if name in variables and variables[name][1].strip().lower() != wanted:
+                variable, value = variables[name]
+                why = "set WORKER_GROUP_PROTOCOL instead" if name == "group.protocol" else f"the worker needs {wanted}"
+                raise ConfigError(f"{variable}={value}: refused, {why}")
+        warnings = []
+        if self.group_protocol == "consumer":
+            for name, replacement in BROKER_DECIDED.items():
+                if name in variables:
+                    variable = variables.pop(name)[0]
+                    warnings.append(f"{variable} ignored: with WORKER_GROUP_PROTOCOL=consumer it is {replacement}")
+        config = {name: value for name, (_variable, value) in variables.items()}
+        config["bootstrap.servers"] = self.kafka_bootstrap_servers
+        return config | fixed, warnings
+
     def effective_transactional_id(self) -> str:
-        """Stable across restarts of one pod (hostname) and unique per process on one host (pid)."""
+        """Stable across restarts of one pod (hostname) and unique per process on one host (pid), except for
+        host-network pods (one hostname, pid 1 each): see `worker.output.TransactionalId`."""
         return self.transactional_id or f"{self.group_id}-{socket.gethostname()}-{os.getpid()}"
+
+
+def _kafka_variables(role: Role, environ: Mapping[str, str] | None) -> dict[str, tuple[str, str]]:
+    """librdkafka name -> (variable, value) of the `WORKER_KAFKA_*` variables meant for `role`."""
+    env = os.environ if environ is None else environ
+    skip = {"consumer": PRODUCER_ONLY, "producer": CONSUMER_ONLY, "any": ()}[role]
+    return {
+        name: (key, value)
+        for key, value in env.items()
+        if key.startswith(KAFKA_PREFIX)
+        and not (name := key[len(KAFKA_PREFIX) :].lower().replace("_", ".")).startswith(skip)
+    }
 
 
 def describe_errors(error: ValidationError) -> str:

@@ -1,10 +1,20 @@
-"""The consumer loop: owns the Kafka consumer (poll, pause/resume, rebalances, shutdown) and nothing else.
+"""The consumer loop: owns the Kafka consumer (poll, pause/resume, rebalances, shutdown) and nothing else. It
+gets its parts ready-made (`worker/app.py` builds them): the consumer, the sink, the processor, the health
+state and a clock, so every failure path can be driven by fakes.
 
 Each batch runs to the end before the next poll: process (Redis) -> send outputs -> commit (flush + offsets,
 or one transaction). So nothing is in flight when partitions are revoked, and a stop request is served
-between batches. A batch that fails on Redis or Kafka is retried from memory after a back-off, with every
-partition paused and the group membership kept alive; if its partitions move meanwhile it is dropped and its
-new owner replays it. The processing is replay-safe (see `worker/pipeline.py`).
+between batches. A batch that fails is retried from memory after a back-off, with every partition paused
+and the group membership kept alive (polls serve the rebalances meanwhile):
+- `RetryBatch` or a Redis error: the batch is run again, unless a partition of the batch was revoked or a
+  stop was asked for meanwhile: then it is dropped.
+- `CommitUncertain`: only the commit is called again, until it answers for certain, revoked or not: a commit
+  in progress can neither be aborted nor redone without risking a second copy.
+- `PartitionsLost`: dropped at once.
+A dropped batch rewinds each of its partitions still assigned (seek to the batch's first offset), so nothing
+after it is committed past it; revoked partitions are replayed by their new owner from the committed offset.
+Under the consumer group protocol (KIP-848) revocations are incremental: only a batch holding a revoked
+partition is dropped, the others go on. The processing is replay-safe (see `worker/pipeline.py`).
 """
 
 from __future__ import annotations
@@ -16,34 +26,22 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from worker import metrics
-from worker.changes import ChangeStore
 from worker.config import Settings
-from worker.dedupe import Deduper
-from worker.health import Health, HealthServer
-from worker.logs import KAFKA_LOGGER
-from worker.output import (
-    AtLeastOnceSink,
-    CommitUncertain,
-    PartitionsLost,
-    RetryBatch,
-    Sink,
-    TransactionalSink,
-    offsets_after,
-)
-from worker.pipeline import BatchResult, Processor
-from worker.redis_scripts import connect
-from worker.tenants import TenantGroups, TenantMetrics
+from worker.health import Health
+from worker.output import CommitUncertain, PartitionsLost, RetryBatch, Sink, first_offsets, offsets_after
+from worker.pipeline import BatchResult
+from worker.tenants import TenantMetrics
 
 log = structlog.get_logger("worker.consumer")
 
+TP = tuple[str, int]
 MAX_BACKOFF_S = 5.0
 # Records one batch may hold in memory: after a batch that emitted more (large users.modified changes), the
 # next polls fewer messages, so memory stays bounded whatever the fan-out. The first batch is small (its
@@ -52,6 +50,7 @@ MAX_BACKOFF_S = 5.0
 OUTPUT_BUDGET = 8_000
 FIRST_BATCH = 50
 LAG_INTERVAL_S = 5.0
+LAG_TIMEOUT_S = 1.0  # the committed-offsets look-up of the lag report, between batches
 # Every message allocates a burst of short-lived objects (models, records, Redis replies), nearly all freed by
 # reference counting: collect the young generations less often (CPython's default is 700, 10, 10), and keep
 # what exists when the loop starts (modules, validators, clients) out of every collection with gc.freeze().
@@ -67,58 +66,43 @@ def next_batch_size(limit: int, size: int = 0, messages: int = 0, outputs: int =
     return max(1, min(limit, size * 2, messages * OUTPUT_BUDGET // max(1, outputs)))
 
 
-class Worker:
-    def __init__(self, settings: Settings) -> None:
+class Processor(Protocol):
+    """What the loop needs of the processing (`worker/pipeline.py`)."""
+
+    def process(self, messages: Sequence[Message], now_ms: int) -> BatchResult: ...
+    def scan_timeouts(self, now_ms: int) -> BatchResult: ...
+    def settle(self, result: BatchResult) -> None: ...
+    def open_changes(self) -> int: ...
+
+
+class Clock(Protocol):
+    """Monotonic seconds for scheduling, wall-clock milliseconds for the processing."""
+
+    def monotonic(self) -> float: ...
+    def wall_ms(self) -> int: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall_ms(self) -> int:
+        return int(time.time() * 1000)
+
+
+class Loop:
+    def __init__(
+        self, settings: Settings, consumer: Any, sink: Sink, processor: Processor, health: Health, clock: Clock
+    ) -> None:
+        """`consumer`: a `confluent_kafka.Consumer`, not yet subscribed."""
         self.settings = settings
-        kafka = settings.kafka_overrides("consumer")
-        max_poll_s = int(kafka.get("max.poll.interval.ms", 300_000)) / 1000
-        # Every blocking Kafka call in the loop must return well within max.poll.interval.ms.
-        self._kafka_timeout = max(1.0, min(30.0, max_poll_s / 3))
-        self.health = Health(max_poll_s)
-        self._consumer = Consumer(
-            {
-                "group.id": settings.group_id,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-                "partition.assignment.strategy": "range",
-                # Prefetch bounded to 16 MB (librdkafka's default is 64 MB): memory, not throughput, is short.
-                "queued.max.messages.kbytes": 16384,
-                "error_cb": self._on_kafka_error,
-                "logger": KAFKA_LOGGER,
-                **kafka,
-            }
-        )
-        producer: dict[str, Any] = {
-            "linger.ms": 5,
-            "error_cb": self._on_kafka_error,
-            "logger": KAFKA_LOGGER,
-            **settings.kafka_overrides("producer"),
-        }
-        self._sink: Sink
-        if settings.processing_guarantee == "exactly_once":
-            producer["transactional.id"] = settings.effective_transactional_id()
-            self._sink = TransactionalSink(producer, self._consumer, self._kafka_timeout)
-        else:
-            self._sink = AtLeastOnceSink(producer, self._consumer, self._kafka_timeout)
-        self._redis = connect(settings.redis_url)
-        self._processor = Processor(
-            Deduper(self._redis, settings.dedupe_ttl_seconds),
-            ChangeStore(
-                self._redis,
-                timeout_ms=int(settings.batch_timeout_seconds * 1000),
-                ttl_seconds=int(settings.batch_timeout_seconds + settings.dedupe_ttl_seconds),
-                lease_ms=int(settings.flush_lease_seconds * 1000),
-            ),
-            output_topic=settings.output_topic,
-            dlq_topic=settings.dlq_topic,
-            tenants=TenantGroups(self._redis),
-            formats=settings.topic_formats,
-        )
+        self.health = health
+        self._consumer, self._sink, self._processor, self._clock = consumer, sink, processor, clock
         self._tenant_metrics = TenantMetrics()
         self._stopping = threading.Event()
-        self._lost = False  # set by the rebalance callbacks while a batch waits for its retry
+        self._stop_by: float | None = None  # when the shutdown must be over
+        self._assigned: set[TP] = set()
+        self._revoked: set[TP] = set()  # revoked or lost since the current batch started
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
@@ -127,35 +111,21 @@ class Worker:
             signal.signal(sig, lambda *_: self.stop())
 
     def stop(self) -> None:
+        if self._stop_by is None:
+            self._stop_by = self._clock.monotonic() + self.settings.shutdown_timeout_seconds
         self._stopping.set()
-
-    def serve_health(self) -> HealthServer:
-        probe_redis = connect(self.settings.redis_url, timeout=1)
-        admin_config: dict[str, Any] = {**self.settings.kafka_overrides("producer"), "logger": KAFKA_LOGGER}
-        admin = AdminClient(admin_config)
-        topic = self.settings.input_topics[0]
-
-        def redis_check() -> str | None:
-            try:
-                probe_redis.ping()
-            except redis.RedisError as error:
-                return str(error)
-            return None
-
-        def kafka_check() -> str | None:
-            try:
-                admin.list_topics(topic, timeout=1.5)
-            except Exception as error:  # any failure to get metadata means "not reachable"
-                return str(error)
-            return None
-
-        return HealthServer(self.settings.metrics_port, self.health, {"redis": redis_check, "kafka": kafka_check})
 
     def run(self) -> None:
         s = self.settings
-        log.info("starting", topics=s.input_topics, group=s.group_id, guarantee=s.processing_guarantee)
+        log.info(
+            "starting",
+            topics=s.subscribed_topics,
+            group=s.group_id,
+            guarantee=s.processing_guarantee,
+            group_protocol=s.group_protocol,
+        )
         self._consumer.subscribe(
-            list(s.input_topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            s.subscribed_topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
@@ -168,12 +138,13 @@ class Worker:
                 self.health.polled()
                 batch = [m for m in messages if self._usable(m)]
                 if batch:
-                    outputs = self._run_batch(functools.partial(self._processor.process, batch), batch)
+                    work = functools.partial(self._processor.process, batch, self._clock.wall_ms())
+                    outputs = self._run_batch(work, batch)
                     size = next_batch_size(s.batch_size, size, len(batch), outputs)
-                now = time.monotonic()
-                if now >= next_scan and self.health.assigned:
+                now = self._clock.monotonic()
+                if now >= next_scan and self._assigned and not self._stopping.is_set():
                     next_scan = now + s.timeout_scan_interval_seconds
-                    self._run_batch(self._processor.flush_timeouts, [])
+                    self._run_batch(functools.partial(self._processor.scan_timeouts, self._clock.wall_ms()), [])
                     self._report_open_changes()
                 if now >= next_lag:
                     next_lag = now + LAG_INTERVAL_S
@@ -187,14 +158,18 @@ class Worker:
         """Process and commit one batch (retrying as needed); the number of output messages it committed."""
         started = time.perf_counter()
         offsets = offsets_after(messages)
-        self._lost = False
+        firsts = first_offsets(messages)
+        self._revoked = set()
         attempt = 0
         result: BatchResult | None = None  # set once the outputs are sent: then only the commit is retried
+        uncertain = False  # the last commit may still succeed
+        failure: Exception
         while True:
             try:
                 if result is None:
                     produced = work()
-                    if not produced.outputs and not offsets and not produced.closed:
+                    if not produced.outputs and not offsets:
+                        self._settle(produced)  # nothing for Kafka to confirm
                         return 0
                     self._sink.begin()
                     self._sink.send(produced.outputs)
@@ -202,52 +177,87 @@ class Worker:
                 self._sink.commit(offsets)
                 break
             except PartitionsLost as error:
-                self._sink.abort()
-                log.warning("batch_dropped_partitions_lost", error=str(error), messages=len(messages))
+                self._drop(firsts, f"partitions lost: {error}")
                 return 0
+            except CommitUncertain as error:
+                uncertain, failure = True, error
             except (RetryBatch, redis.RedisError) as error:
-                if not isinstance(error, CommitUncertain):
-                    self._sink.abort()
-                    result = None
-                cause = "redis" if isinstance(error, redis.RedisError) else "kafka"
-                metrics.RETRIES.labels(cause).inc()
-                attempt += 1
-                self.health.retrying = f"{cause}: {error}"
-                log.warning(
-                    "batch_retry",
-                    cause=cause,
-                    error=str(error),
-                    attempt=attempt,
-                    messages=len(messages),
-                    commit_offsets=[f"{tp.topic}:{tp.partition}:{tp.offset}" for tp in offsets],
-                )
-                if not self._back_off(min(MAX_BACKOFF_S, 0.1 * 2**attempt)):
-                    self._sink.abort()
-                    self.health.retrying = None
-                    log.warning("batch_abandoned", reason="stopping" if self._stopping.is_set() else "revoked")
+                uncertain, failure, result = False, error, None
+            attempt += 1
+            cause = "redis" if isinstance(failure, redis.RedisError) else "kafka"
+            metrics.RETRIES.labels(cause).inc()
+            self.health.retry(f"{cause}: {failure}")
+            log.warning(
+                "batch_retry",
+                cause=cause,
+                error=str(failure),
+                attempt=attempt,
+                commit_again=uncertain,
+                messages=len(messages),
+                commit_offsets=[f"{tp.topic}:{tp.partition}:{tp.offset}" for tp in offsets],
+            )
+            self._back_off(min(MAX_BACKOFF_S, 0.1 * 2**attempt), set(firsts))
+            if uncertain:
+                if self._stopping.is_set() and self._shutdown_left() <= self.settings.shutdown_timeout_seconds / 2:
+                    # Exit as a crash would: the coordinator finishes or aborts the transaction; nothing settled.
+                    log.error("batch_outcome_unknown_at_stop", messages=len(messages))
+                    self.health.retried()
                     return 0
-        self.health.retrying = None
+                continue  # whatever happened to the partitions meanwhile
+            if self._stopping.is_set() or self._revoked & set(firsts):
+                self._drop(firsts, "stopping" if self._stopping.is_set() else "revoked")
+                return 0
+        self.health.retried()
         self._count(result)
+        self._settle(result)
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        return len(result.outputs)
+
+    def _drop(self, firsts: dict[TP, int], reason: str) -> None:
+        """Give the batch up: abort it and read its partitions that are still ours again from its start."""
+        self.health.retried()
+        self._sink.abort(self._abort_timeout())
+        assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        rewound = []
+        for (topic, partition), offset in firsts.items():
+            if (topic, partition) not in assigned:
+                continue  # its next owner starts from the committed offset
+            try:
+                self._consumer.seek(TopicPartition(topic, partition, offset))
+                rewound.append(f"{topic}:{partition}:{offset}")
+            except KafkaException as error:
+                log.error("rewind_failed", topic=topic, partition=partition, offset=offset, error=str(error))
+        log.warning("batch_dropped", reason=reason, rewound=rewound)
+
+    def _back_off(self, delay: float, batch: set[TP]) -> None:
+        """Wait with every partition paused, serving rebalances; ends early at a stop or when a partition of
+        the batch is revoked."""
+        self._consumer.pause(self._consumer.assignment())
+        deadline = self._clock.monotonic() + delay
+        try:
+            while self._clock.monotonic() < deadline and not (self._stopping.is_set() or self._revoked & batch):
+                stray = self._consumer.consume(self.settings.batch_size, min(0.2, delay))
+                self.health.polled()
+                for (topic, partition), offset in first_offsets(stray).items():
+                    # Fetched before the pause, or from a partition assigned meanwhile: read them again later.
+                    self._consumer.seek(TopicPartition(topic, partition, offset))
+        finally:
+            self._consumer.resume(self._consumer.assignment())
+
+    def _settle(self, result: BatchResult) -> None:
         try:
             self._processor.settle(result)
         except redis.RedisError as error:  # leases expire and deadlines are re-checked: nothing is lost
             log.warning("settle_failed", error=str(error))
-        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-        return len(result.outputs)
 
-    def _back_off(self, delay: float) -> bool:
-        """Wait with every partition paused, serving rebalances; False if the batch must be given up."""
-        self._consumer.pause(self._consumer.assignment())
-        deadline = time.monotonic() + delay
-        try:
-            while time.monotonic() < deadline and not (self._lost or self._stopping.is_set()):
-                stray = self._consumer.consume(self.settings.batch_size, min(0.2, delay))
-                self.health.polled()
-                for tp in offsets_after(stray):  # fetched before the pause: read them again later
-                    self._consumer.seek(TopicPartition(tp.topic, tp.partition, _first(stray, tp)))
-        finally:
-            self._consumer.resume(self._consumer.assignment())
-        return not (self._lost or self._stopping.is_set())
+    def _shutdown_left(self) -> float:
+        if self._stop_by is None:
+            return self.settings.shutdown_timeout_seconds
+        return max(0.0, self._stop_by - self._clock.monotonic())
+
+    def _abort_timeout(self) -> float | None:
+        """While stopping, an abort gets at most half of what is left of the shutdown timeout."""
+        return self._shutdown_left() / 2 if self._stopping.is_set() else None
 
     def _count(self, result: BatchResult) -> None:
         for (event_type, outcome), n in result.events.items():
@@ -261,45 +271,51 @@ class Worker:
         self._tenant_metrics.publish(result.tenant_groups, result.tenant_limit_exceeded)
 
     # ---- Kafka callbacks and reports -------------------------------------------------------------------
+    # confluent-kafka assigns and unassigns after these return (incrementally under KIP-848): they only track.
 
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels("assign").inc()
-        self.health.assigned = len(partitions)
-        metrics.ASSIGNED.set(len(partitions))
+        self._assigned |= {(p.topic, p.partition) for p in partitions}
+        self._publish_assignment()
         log.info("partitions_assigned", partitions=[f"{p.topic}:{p.partition}" for p in partitions])
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Batches commit before the next poll, so nothing is in flight unless a batch waits for a retry.
-        # A partition paused by that wait stays paused in librdkafka if it comes back to us: resume it now.
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        # A partition paused by a batch's back-off stays paused in librdkafka if it comes back to us: resume it.
         with contextlib.suppress(KafkaException):
             consumer.resume(partitions)
         metrics.REBALANCES.labels("revoke").inc()
-        self._lost = True
-        self.health.assigned = 0
-        metrics.ASSIGNED.set(0)
-        for p in partitions:
+        gone = {(p.topic, p.partition) for p in partitions}
+        self._revoked |= gone
+        self._assigned -= gone
+        self._publish_assignment()
+        for topic, partition in gone:
             with contextlib.suppress(KeyError):
-                metrics.LAG.remove(p.topic, str(p.partition))
+                metrics.LAG.remove(topic, str(partition))
         log.info("partitions_revoked", partitions=[f"{p.topic}:{p.partition}" for p in partitions])
 
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         log.warning("partitions_lost", partitions=[f"{p.topic}:{p.partition}" for p in partitions])
         self._on_revoke(consumer, partitions)
 
-    def _on_kafka_error(self, error: KafkaError) -> None:
-        if error.code() == KafkaError._TRANSPORT:
-            return  # librdkafka's own log line says it already; _ALL_BROKERS_DOWN follows if it matters
-        level = "error" if error.fatal() else "warning"
-        getattr(log, level)("kafka_error", error=str(error), code=error.name())
+    def _publish_assignment(self) -> None:
+        self.health.assigned = len(self._assigned)
+        metrics.ASSIGNED.set(len(self._assigned))
 
     def _report_lag(self) -> None:
+        """High watermark minus the group's committed offset (the position runs ahead while a batch retries)."""
         assignment = self._consumer.assignment()
         if not assignment:
             return
-        for tp in self._consumer.position(assignment):
-            _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            if tp.offset >= 0 and high >= 0:
-                metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+        try:
+            committed = self._consumer.committed(assignment, timeout=LAG_TIMEOUT_S)
+        except KafkaException as error:  # the next batch reports the outage
+            log.debug("lag_unknown", error=str(error))
+            return
+        for tp in committed:
+            low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            start = tp.offset if tp.offset >= 0 else low  # nothing committed yet: all of it
+            if start >= 0 and high >= 0:
+                metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - start))
 
     def _report_open_changes(self) -> None:
         with contextlib.suppress(redis.RedisError):  # the next batch reports the outage
@@ -314,18 +330,17 @@ class Worker:
         return False
 
     def _shutdown(self) -> None:
-        """Close within the shutdown timeout; a hung close must not keep the process alive."""
+        """Within the shutdown timeout (from the stop request): abort an open transaction, flush, and close the
+        consumer, which leaves the group so that the partitions move at once. A hung call must not keep the
+        process alive."""
         log.info("stopping")
+        left = self._shutdown_left()
 
         def close() -> None:
-            self._sink.close(self.settings.shutdown_timeout_seconds / 2)
+            self._sink.close(left / 2)
             self._consumer.close()
 
         closer = threading.Thread(target=close, name="close", daemon=True)
         closer.start()
-        closer.join(self.settings.shutdown_timeout_seconds)
+        closer.join(left)
         log.info("stopped", clean=not closer.is_alive())
-
-
-def _first(messages: Sequence[Message], tp: TopicPartition) -> int:
-    return min(m.offset() or 0 for m in messages if (m.topic(), m.partition()) == (tp.topic, tp.partition))

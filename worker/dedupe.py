@@ -20,6 +20,7 @@ import redis
 
 from worker.models import Event
 from worker.records import digest
+from worker.redis_scripts import Client, server_version
 
 ROUNDS = 3  # Redis 6: a claim found taken, then gone (expired between SET and GET), is tried again
 
@@ -30,7 +31,10 @@ def dedupe_key(event: Event) -> str:
 
 
 class Deduper:
-    def __init__(self, client: redis.Redis, ttl_seconds: int, *, set_get: bool | None = None) -> None:
+    """`worker.stores.DedupeStore` in Redis. Single-key commands only: on a cluster the pipeline sends each
+    claim to its key's node."""
+
+    def __init__(self, client: Client, ttl_seconds: int, *, set_get: bool | None = None) -> None:
         """`set_get`: whether Redis takes `SET NX GET` (7.0+); None asks the server at the first claim."""
         self._client = client
         self._ttl = ttl_seconds
@@ -44,15 +48,11 @@ class Deduper:
         keys = [dedupe_key(event) for event, _ in claims]
         tags = [tag.encode() for _, tag in claims]
         if self._set_get is None:
-            try:
-                version = str(self._client.info("server").get("redis_version", "0"))
-            except redis.ResponseError:  # INFO disabled (some managed services): the form every version takes
-                version = "0"
-            self._set_get = int(version.split(".")[0]) >= 7
+            self._set_get = server_version(self._client) >= 7
         if self._set_get:
             pipe = self._client.pipeline(transaction=False)
             for key, tag in zip(keys, tags, strict=True):
-                pipe.execute_command("SET", key, tag, "NX", "GET", "EX", self._ttl, get=True)  # type: ignore[no-untyped-call]
+                pipe.execute_command("SET", key, tag, "NX", "GET", "EX", self._ttl, get=True)
             return [owner is None or owner == tag for owner, tag in zip(pipe.execute(), tags, strict=True)]
         return self._claim_in_two_steps(keys, tags)
 
@@ -62,7 +62,7 @@ class Deduper:
         for _ in range(ROUNDS):
             pipe = self._client.pipeline(transaction=False)
             for i in pending:
-                pipe.execute_command("SET", keys[i], tags[i], "NX", "EX", self._ttl)  # type: ignore[no-untyped-call]
+                pipe.execute_command("SET", keys[i], tags[i], "NX", "EX", self._ttl)
             taken: list[int] = []
             for i, created in zip(pending, pipe.execute(), strict=True):
                 owned[i] = bool(created)

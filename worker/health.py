@@ -1,5 +1,6 @@
 """HTTP endpoints for operators and orchestrators, on `WORKER_METRICS_PORT`:
-`/metrics` (Prometheus), `/healthz` (liveness: the poll loop polled recently), `/readyz` (Kafka and Redis
+`/metrics` (Prometheus), `/healthz` (liveness: the poll loop polled recently and is not stuck on one batch
+for longer than `max.poll.interval.ms`: a restart then resolves what the process cannot), `/readyz` (Kafka and Redis
 reachable, partitions assigned, and the loop not stuck retrying a batch).
 The checks run in the server's thread with their own short-timeout clients, never inside the loop.
 """
@@ -21,18 +22,35 @@ Check = Callable[[], str | None]  # None when fine, else what is wrong
 class Health:
     """State the loop reports; read by the HTTP thread."""
 
-    def __init__(self, max_poll_interval_s: float) -> None:
+    def __init__(self, max_poll_interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_poll_interval_s = max_poll_interval_s
-        self.last_poll = time.monotonic()
+        self._clock = clock
+        self.last_poll = clock()
         self.assigned = 0
         self.retrying: str | None = None  # why the current batch is waiting for a retry
+        self.retrying_since: float | None = None  # when the current batch first failed
 
     def polled(self) -> None:
-        self.last_poll = time.monotonic()
+        self.last_poll = self._clock()
+
+    def retry(self, reason: str) -> None:
+        self.retrying = reason
+        if self.retrying_since is None:
+            self.retrying_since = self._clock()
+
+    def retried(self) -> None:
+        """The batch is committed or dropped."""
+        self.retrying = self.retrying_since = None
 
     def alive(self) -> str | None:
-        idle = time.monotonic() - self.last_poll
-        return None if idle < self.max_poll_interval_s else f"no poll for {idle:.0f}s"
+        now = self._clock()
+        idle = now - self.last_poll
+        if idle >= self.max_poll_interval_s:
+            return f"no poll for {idle:.0f}s"
+        since = self.retrying_since
+        if since is not None and now - since >= self.max_poll_interval_s:
+            return f"retrying one batch for {now - since:.0f}s: {self.retrying}"
+        return None
 
     def loop_ready(self) -> str | None:
         if self.retrying:

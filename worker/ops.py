@@ -16,13 +16,15 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from worker.config import Settings
-from worker.decode import Rejected, Skipped, decode
-from worker.dedupe import dedupe_key
+from worker.deadletter import dead_letter_fields
+from worker.decode import Skipped, decode
 from worker.dlq import QUIET
 from worker.models import Event, UsersModified
-from worker.reassembly import ChangeState, Part, apply_part
-from worker.records import ChangeInfo, change_info, group_change, membership_change
-from worker.redis_scripts import connect
+from worker.offline import CONTROL_TOPIC, DLQ_TOPIC, Offline, PlainMessage
+from worker.pipeline import Output
+from worker.records import change_info
+from worker.redis_scripts import Client, on_node, primaries
+from worker.state import redis_client
 
 # ---- check -------------------------------------------------------------------------------------------------
 
@@ -68,10 +70,11 @@ def check_kafka(settings: Settings, timeout: float, report: Report) -> None:
         )
         return
     report.ok(f"Kafka at {bootstrap} answers, {len(metadata.brokers)} broker(s)")
-    if overlap := set(settings.input_topics) & {settings.output_topic, settings.dlq_topic}:
+    if overlap := set(settings.input_topics) & {settings.output_topic, settings.dlq_topic, settings.control_topic}:
         report.problem(f"topic(s) {sorted(overlap)} are both input and output — fix WORKER_INPUT_TOPICS")
     roles = [("input", name, "WORKER_INPUT_TOPICS") for name in settings.input_topics]
     roles += [("output", settings.output_topic, "WORKER_OUTPUT_TOPIC"), ("DLQ", settings.dlq_topic, "WORKER_DLQ_TOPIC")]
+    roles.append(("control", settings.control_topic, "WORKER_CONTROL_TOPIC"))
     for role, name, variable in roles:
         topic = metadata.topics.get(name)
         if topic is None or topic.error is not None or not topic.partitions:
@@ -81,28 +84,74 @@ def check_kafka(settings: Settings, timeout: float, report: Report) -> None:
 
 
 def check_redis(settings: Settings, timeout: float, report: Report) -> None:
-    where = redact(settings.redis_url)
-    client = connect(settings.redis_url, timeout)
+    where = redact(settings.redis_url) + (" (cluster)" if settings.redis_cluster else "")
     try:
+        client = redis_client(settings, timeout)
         client.ping()
     except redis.RedisError as error:
         report.problem(f"Redis at {where} does not answer PING ({error}) — check WORKER_REDIS_URL")
         return
     try:
-        info: dict[str, Any] = {**client.info("server"), **client.info("persistence")}
-    except redis.RedisError as error:  # INFO may be denied (ACL) or renamed on managed services
-        report.ok(f"Redis at {where} answers PING")
-        report.warning(f"cannot read Redis INFO ({error}): make sure it persists with AOF (appendonly yes)")
-        return
+        nodes = primaries(client)
+        report.ok(f"Redis at {where} answers PING, {len(nodes)} primary node(s)")
+        for node in nodes:
+            check_redis_node(client, node, settings.redis_min_replicas, report)
+    except redis.RedisError as error:
+        report.problem(f"Redis at {where} failed during the check ({error})")
     finally:
         client.close()
-    aof = info.get("aof_enabled") == 1
-    report.ok(f"Redis at {where} answers PING, version {info.get('redis_version', '?')}, AOF {'on' if aof else 'off'}")
-    if not aof:
-        report.warning(
-            "Redis persistence AOF is off (appendonly no): a Redis restart loses the dedupe claims and open changes "
-            "written since the last snapshot, so replays are no longer safe — set appendonly yes"
+
+
+LOSES_WRITES = (
+    "a Redis crash or restart loses the dedupe claims and open changes it acknowledged but had not written to disk, "
+    "so events already committed in Kafka can be emitted again and parts of open changes forgotten"
+)
+
+
+def check_redis_node(client: Client, node: Any, min_replicas: int, report: Report) -> None:
+    """Durability of one primary: AOF with fsync on every write, and the replicas WAIT will ask for."""
+    name = "Redis" if node is None else f"Redis node {node.name}"
+    try:
+        info: dict[str, Any] = {
+            **on_node(client, node, "INFO", "server"),
+            **on_node(client, node, "INFO", "persistence"),
+            **on_node(client, node, "INFO", "replication"),
+        }
+    except redis.ResponseError as error:  # INFO may be denied (ACL) or renamed on managed services
+        report.warning(f"cannot read {name} INFO ({error}): make sure it runs with appendonly yes, appendfsync always")
+        return
+    if info.get("aof_enabled") != 1:
+        report.problem(f"{name} has AOF persistence off (appendonly no): {LOSES_WRITES} — set appendonly yes")
+        return
+    try:
+        reply = on_node(client, node, "CONFIG", "GET", "appendfsync")
+        fsync = _text(dict(reply).get(b"appendfsync", dict(reply).get("appendfsync")))
+    except redis.ResponseError as error:  # CONFIG is often denied on managed services
+        report.warning(f"cannot read {name} appendfsync ({error}): make sure it is always")
+        fsync = None
+    if fsync is not None and fsync != "always":
+        report.problem(
+            f"{name} has appendfsync {fsync}: it acknowledges writes before they are on disk, so {LOSES_WRITES} "
+            "— set appendfsync always"
         )
+        return
+    replicas = int(info.get("connected_slaves", 0))
+    if replicas < min_replicas:
+        report.problem(
+            f"{name} has {replicas} connected replica(s), WORKER_REDIS_MIN_REPLICAS asks for {min_replicas}: every "
+            "batch would fail waiting for them — add replicas or lower the setting"
+        )
+        return
+    report.ok(f"{name}: version {info.get('redis_version', '?')}, AOF on, appendfsync always, {replicas} replica(s)")
+    if replicas and not min_replicas:
+        report.warning(
+            f"{name} has {replicas} replica(s) but WORKER_REDIS_MIN_REPLICAS is 0: a failover to a replica that "
+            "missed the last writes loses them — set WORKER_REDIS_MIN_REPLICAS"
+        )
+
+
+def _text(value: object) -> str | None:
+    return value.decode() if isinstance(value, bytes) else None if value is None else str(value)
 
 
 def redact(url: str) -> str:
@@ -118,65 +167,59 @@ def redact(url: str) -> str:
 
 
 @dataclass
-class Change:
-    info: ChangeInfo  # of its first part, as the Redis store keeps it
-    state: ChangeState = field(default_factory=ChangeState)
-    lines: list[int] = field(default_factory=list)
-
-
-@dataclass
 class Validation:
-    """The worker's decisions over a file of events, in file order, with in-memory dedupe and reassembly."""
+    """The worker's decisions over a file of events, in file order: the real processor on in-memory stores."""
 
     name: str
-    first_line: dict[str, int] = field(default_factory=dict)  # dedupe key -> line of its first event
-    changes: dict[str, Change] = field(default_factory=dict)
+    offline: Offline = field(default_factory=Offline)
+    lines: dict[str, list[int]] = field(default_factory=dict)  # change id -> lines of its parts
     outcomes: Counter[str] = field(default_factory=Counter)
 
     def line(self, number: int, value: bytes) -> list[Any]:
         """What the worker would emit for this line: records, or a note on the line."""
+        results = self.offline.feed([PlainMessage((self.name, 0, number), value)])
+        events: Counter[str] = Counter()
+        for result in results:
+            events.update({outcome: n for (_type, outcome), n in result.events.items()})
+        outcome = next(iter(events))
+        self.outcomes[OUTCOMES.get(outcome, outcome)] += 1
         decoded = decode(value, None)
-        if isinstance(decoded, Rejected):
-            self.outcomes["invalid"] += 1
-            return [{"line": number, "dlq.reason": decoded.reason, "dlq.detail": decoded.detail}]
         if isinstance(decoded, Skipped):
-            self.outcomes["skipped"] += 1
             return [{"line": number, "skipped": decoded.type}]
-        first = self.first_line.setdefault(dedupe_key(decoded), number)
-        if first != number:
-            self.outcomes["duplicate"] += 1
-            return [{"line": number, "duplicate_of": first}]
-        self.outcomes["valid"] += 1
-        if isinstance(decoded.data, UsersModified):
-            return self._part(number, decoded, decoded.data)
-        return [group_change(decoded)]
-
-    def _part(self, number: int, event: Event, data: UsersModified) -> list[Any]:
-        info = change_info(event)
-        change = self.changes.setdefault(info["change_id"], Change(info))
-        change.lines.append(number)
-        part = Part(f"{self.name}:0:{number}", event.envelope.id, tuple(data.affected_users), data.fully_processed)
-        emission = apply_part(change.state, part)
-        if emission is None:
-            return []
+        if isinstance(decoded, Event):
+            if outcome == "duplicate":
+                owner = self.offline.dedupe.owner(decoded) or ""
+                return [{"line": number, "duplicate_of": int(owner.rsplit(":", 1)[-1])}]
+            if isinstance(decoded.data, UsersModified):
+                self.lines.setdefault(change_info(decoded)["change_id"], []).append(number)
         return [
-            membership_change(change.info, user, event_id, complete=emission.complete, late=emission.late)
-            for user, event_id in emission.users
+            _shown(number, output) for result in results for output in result.outputs if output.topic != CONTROL_TOPIC
         ]
 
     def open_changes(self) -> list[str]:
         """A note per change still waiting for its final part."""
         return [
-            f"note: change {change_id} (group {c.info['group_id']}, lines {', '.join(map(str, c.lines))}) has no "
-            f"final part: its {len(c.state.users)} user(s) would be emitted with complete: false after "
+            f"note: change {change_id} (group {c.info['group_id']}, lines {', '.join(map(str, self.lines[change_id]))})"
+            f" has no final part: its {len(c.state.users)} user(s) would be emitted with complete: false after "
             "WORKER_BATCH_TIMEOUT_SECONDS"
-            for change_id, c in self.changes.items()
-            if c.state.final_tag is None
+            for change_id, c in self.offline.changes.changes.items()
+            if not c.state.closed
         ]
 
     def summary(self, records: int) -> str:
         counts = ", ".join(f"{self.outcomes[k]} {k}" for k in ("valid", "duplicate", "skipped", "invalid"))
         return f"{self.name}: {sum(self.outcomes.values())} events ({counts}), {records} records"
+
+
+OUTCOMES = {"processed": "valid"}  # worker_events_total outcomes -> the summary's words
+
+
+def _shown(number: int, output: Output) -> Any:
+    """A record as the worker writes it, or the DLQ headers of a bad line."""
+    if output.topic == DLQ_TOPIC:
+        fields = dead_letter_fields(output.headers)
+        return {"line": number, "dlq.reason": fields["reason"], "dlq.detail": fields["detail"]}
+    return orjson.loads(output.value or b"")
 
 
 def validate(lines: Iterable[bytes], name: str) -> int:

@@ -1,89 +1,202 @@
 """Output: getting a batch's records and DLQ messages into Kafka together with its input offsets.
 
-A `Sink` is a checkpoint: `begin`, `send` the batch's outputs, then `commit` makes them durable and commits
-the input offsets that caused them, or raises. Two guarantees:
+A `Sink` is a checkpoint. The loop calls, per batch:
+1. `begin()`: start the batch (a Kafka transaction, in exactly-once).
+2. `send(outputs)`: produce them. An output too large for Kafka goes to the DLQ as a stub instead.
+3. `commit(offsets)`: make the outputs durable together with the input offsets that caused them.
+and on giving a batch up, `abort()`. Two guarantees:
 - `AtLeastOnceSink`: idempotent producer; commit = flush (every delivery acknowledged), then commit offsets.
   A crash between the two replays the batch; readers drop the copies by `record_id`.
 - `TransactionalSink`: outputs and input offsets commit in one Kafka transaction
   (`send_offsets_to_transaction` with the consumer's group metadata, so a zombie that lost its partitions
   is fenced by the group coordinator). Readers with `isolation.level=read_committed` see each record once.
-Errors: `CommitUncertain` (a timeout while committing: back off, then call `commit` again, since the first
-attempt may still succeed: redoing the batch could commit its output twice), `RetryBatch` (abort, back off,
-run the batch again), `PartitionsLost` (the group moved on: drop the batch, its new owner replays it).
+
+`commit` returns once the batch is committed, or raises one of three outcomes (siblings: none is a kind of
+another):
+- `CommitUncertain`: the commit may still succeed (a timeout): call `commit` again, never redo the batch.
+- `RetryBatch`: the batch is certainly not committed (the sink has aborted it): run it again.
+- `PartitionsLost`: not committed, and the group moved on (generation or membership changed): drop the
+  batch and rewind; whatever partitions are still ours are read again.
+A fatal producer error (fencing included) means a new producer. If it happened inside `commit_transaction`,
+the commit may have succeeded on the broker: the new producer's `init_transactions` finishes that
+transaction either way, and then the group's committed offsets tell: at the batch's end means committed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
+from worker import metrics
+from worker.deadletter import dead_letter_fields, dead_letter_headers
 from worker.pipeline import Output
 
 log = structlog.get_logger("worker.output")
 
-# Commit failures that mean this member no longer owns what it is committing.
-_LOST = {
+# Commit failures that mean this member's generation is over: the partitions may be somebody else's now.
+GROUP_MOVED = {
     KafkaError.ILLEGAL_GENERATION,
     KafkaError.UNKNOWN_MEMBER_ID,
     KafkaError.REBALANCE_IN_PROGRESS,
     KafkaError._ASSIGNMENT_LOST,
-    KafkaError._FENCED,
-    KafkaError.PRODUCER_FENCED,
-    KafkaError.INVALID_PRODUCER_EPOCH,
+    KafkaError.FENCED_MEMBER_EPOCH,  # KIP-848
+    KafkaError.STALE_MEMBER_EPOCH,  # KIP-848
 }
+# Another producer with our transactional.id started after us (or the coordinator bumped our epoch).
+FENCING = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+TOO_LARGE = "too_large"
+
+NewProducer = Callable[[dict[str, Any]], Any]
+# An output the broker refused as too large, recognised when the batch is sent again.
+OutputId = tuple[str | None, bytes | None, int]
+
+
+class CommitUncertain(Exception):
+    """The commit did not finish in time and may still succeed: call `commit` again, do not redo the batch."""
 
 
 class RetryBatch(Exception):
     """The batch was not committed; run it again after a back-off."""
 
 
-class CommitUncertain(RetryBatch):
-    """The commit did not finish in time and may still succeed: call `commit` again, do not redo the batch."""
-
-
 class PartitionsLost(Exception):
-    """The batch was not committed and its partitions belong to another member now."""
+    """The batch was not committed and its partitions may belong to another member now: drop and rewind."""
+
+
+class TransactionalId:
+    """This process's `transactional.id`, and what a fencing says about it.
+
+    Two live processes with one id fence each other in turn: nothing is lost or repeated (every fenced batch
+    is resolved by the group's offsets and redone), but both crawl. Without `WORKER_TRANSACTIONAL_ID` the
+    default (`<group>-<hostname>-<pid>`) collides for host-network pods (one hostname, pid 1 each): at the
+    first fencing this process takes a unique id. A configured id is the operator's: it is kept, and every
+    further fencing logs an error naming the setting.
+    """
+
+    def __init__(self, default: str, configured: bool, suffix: Callable[[], str] = lambda: uuid.uuid4().hex[:8]):
+        self._id, self._configured, self._suffix = default, configured, suffix
+        self._unique = False
+        self.fencings = 0
+
+    def current(self) -> str:
+        return self._id
+
+    def fenced(self) -> None:
+        self.fencings += 1
+        metrics.PRODUCER_FENCED.inc()
+        if not self._configured and not self._unique:
+            shared, self._id, self._unique = self._id, f"{self._id}-{self._suffix()}", True
+            log.warning("transactional_id_shared", shared=shared, now=self._id)
+        elif self._configured and self.fencings > 1:
+            log.error(
+                "transactional_id_shared",
+                transactional_id=self._id,
+                fencings=self.fencings,
+                fix="another process uses WORKER_TRANSACTIONAL_ID; give each replica its own, or leave it unset",
+            )
+        else:
+            log.warning("producer_fenced", transactional_id=self._id)
 
 
 class Sink:
-    def __init__(self, config: dict[str, Any], consumer: Any, timeout: float) -> None:
-        self._config, self._consumer, self._timeout = config, consumer, timeout
-        self._producer = Producer(config)
+    def __init__(
+        self,
+        config: dict[str, Any],
+        consumer: Any,
+        timeout: float,
+        dlq_topic: str,
+        new_producer: NewProducer = Producer,
+    ) -> None:
+        # A delivery report only for failures: an output the broker refuses as too large is found there.
+        self._config = {"delivery.report.only.error": True, **config, "on_delivery": self._delivered}
+        self._consumer, self._timeout, self._dlq_topic = consumer, timeout, dlq_topic
+        self._new_producer = new_producer
+        self._producer = new_producer(self._producer_config())
+        self._too_large: set[OutputId] = set()  # until the batch that held them commits
+        self._stubs = 0
+        self._error: KafkaError | None = None  # first failed delivery of the batch
+
+    def _producer_config(self) -> dict[str, Any]:
+        return self._config
 
     def begin(self) -> None:
         """Start a batch."""
+        self._stubs = 0
+        self._error = None
 
     def send(self, outputs: Sequence[Output]) -> None:
-        produce = self._producer.produce
         for out in outputs:
-            while True:
-                try:
-                    produce(out.topic, out.value, out.key, headers=out.headers)
-                    break
-                except BufferError:  # local queue full: let deliveries drain
-                    self._producer.poll(0.05)
+            if self._too_large and _identity(out) in self._too_large:
+                out = self._stub(out, "the topic's max.message.bytes (refused by the broker)")
+            self._produce(out)
         self._producer.poll(0)
 
     def commit(self, offsets: list[TopicPartition]) -> None:
         raise NotImplementedError
 
-    def abort(self) -> None:
+    def abort(self, timeout: float | None = None) -> None:
         """Give up the current batch (best effort); its outputs must not count as committed."""
 
     def close(self, timeout: float) -> None:
         self._producer.flush(timeout)
 
+    def _produce(self, out: Output) -> None:
+        while True:
+            try:
+                self._producer.produce(out.topic, out.value, out.key, headers=out.headers)
+                return
+            except BufferError:  # local queue full: let deliveries drain
+                self._producer.poll(0.05)
+            except KafkaException as error:
+                if error.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE or out.value is None:
+                    self._not_sent(error)
+                out = self._stub(out, "the producer's message.max.bytes")
+
+    def _not_sent(self, error: KafkaException) -> None:
+        """A produce call failed for another reason than size: the batch is not committed; raises."""
+        raise RetryBatch(str(error.args[0])) from error
+
+    def _stub(self, out: Output, limit: str) -> Output:
+        """The DLQ stand-in of an output too large for Kafka: its headers, why, and no value."""
+        size = len(out.value or b"")
+        earlier = dead_letter_fields(out.headers)
+        detail = f"{size} bytes for {out.topic}, over {limit}"
+        if "reason" in earlier:
+            detail += f"; dead-lettered as {earlier['reason']}: {earlier.get('detail', '')}"[:300]
+        partition, offset = earlier.get("source.partition"), earlier.get("source.offset")
+        headers = dead_letter_headers(
+            out.headers,
+            TOO_LARGE,
+            detail,
+            earlier.get("source.topic"),
+            int(partition) if partition and partition.isdigit() else None,
+            int(offset) if offset and offset.isdigit() else None,
+        )
+        self._stubs += 1
+        log.warning("output_too_large", topic=out.topic, size=size, source_offset=offset, limit=limit)
+        return Output(self._dlq_topic, out.key, None, headers)
+
+    def _delivered(self, error: KafkaError | None, message: Any) -> None:
+        if error is None:
+            return
+        if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+            self._too_large.add((message.topic(), message.key(), hash(message.value())))
+        if self._error is None:
+            self._error = error
+
+    def _committed(self) -> None:
+        if self._stubs:
+            metrics.DLQ.labels(TOO_LARGE).inc(self._stubs)
+        self._too_large.clear()
+
 
 class AtLeastOnceSink(Sink):
-    def __init__(self, config: dict[str, Any], consumer: Any, timeout: float) -> None:
-        # A delivery report per message only here: the transactional sink learns of failures from its commit.
-        config = {**config, "enable.idempotence": True, "acks": "all", "on_delivery": self._delivered}
-        config.setdefault("delivery.report.only.error", True)
-        super().__init__(config, consumer, timeout)
-        self._error: KafkaError | None = None
+    def _producer_config(self) -> dict[str, Any]:
+        return {**self._config, "enable.idempotence": True, "acks": "all"}
 
     def commit(self, offsets: list[TopicPartition]) -> None:
         remaining = self._producer.flush(self._timeout)
@@ -91,94 +204,164 @@ class AtLeastOnceSink(Sink):
             raise RetryBatch(f"output not delivered: {self._error}")
         if remaining:
             raise CommitUncertain(f"output not acknowledged yet: {remaining} pending")
-        if not offsets:
-            return
-        try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as error:
-            if error.args[0].retriable():
-                raise CommitUncertain(str(error.args[0])) from error
-            _raise_for(error)
+        if offsets:
+            try:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as error:
+                kafka_error: KafkaError = error.args[0]
+                if kafka_error.code() in GROUP_MOVED:
+                    raise PartitionsLost(str(kafka_error)) from error
+                if kafka_error.retriable():
+                    raise CommitUncertain(str(kafka_error)) from error
+                raise RetryBatch(str(kafka_error)) from error
+        self._committed()
 
-    def abort(self) -> None:
+    def abort(self, timeout: float | None = None) -> None:
         self._producer.purge(in_queue=True, in_flight=False, blocking=False)
         self._producer.poll(0)
         self._error = None
 
-    def _delivered(self, error: KafkaError | None, _message: object) -> None:
-        if error is not None and self._error is None:
-            self._error = error
+    def _not_sent(self, error: KafkaException) -> None:
+        if error.args[0].fatal():  # the idempotent producer gave up its guarantees: a new one
+            log.warning("producer_fatal_error", error=str(error.args[0]))
+            self._producer = self._new_producer(self._producer_config())
+        super()._not_sent(error)
 
 
 class TransactionalSink(Sink):
-    def __init__(self, config: dict[str, Any], consumer: Any, timeout: float) -> None:
-        super().__init__(config, consumer, timeout)
+    def __init__(
+        self,
+        config: dict[str, Any],
+        consumer: Any,
+        timeout: float,
+        dlq_topic: str,
+        new_producer: NewProducer,
+        ids: TransactionalId,
+    ) -> None:
+        self._ids = ids
+        super().__init__(config, consumer, timeout, dlq_topic, new_producer)
         self._ready = False  # init_transactions done for the current producer
         self._open = False  # a transaction is begun and neither committed nor aborted
         self._offsets_sent = False  # this transaction carries its input offsets already
+        self._committing = False  # commit_transaction was called and has not given a definite answer
+        self._unresolved = False  # a fatal error inside commit_transaction: committed or not is unknown
+
+    def _producer_config(self) -> dict[str, Any]:
+        return {**self._config, "transactional.id": self._ids.current()}
 
     def begin(self) -> None:
+        super().begin()
         try:
-            if not self._ready:
-                self._producer.init_transactions(self._timeout)
-                self._ready = True
-            if self._open:
+            self._init()
+            if self._open:  # an abort that failed earlier
                 self._producer.abort_transaction(self._timeout)
                 self._open = False
             self._producer.begin_transaction()
             self._open, self._offsets_sent = True, False
         except KafkaException as error:
-            self._handle(error)
+            self._not_sent(error)
 
     def commit(self, offsets: list[TopicPartition]) -> None:
-        try:
-            if offsets and not self._offsets_sent:
-                metadata = self._consumer.consumer_group_metadata()
-                self._producer.send_offsets_to_transaction(offsets, metadata, self._timeout)
-                self._offsets_sent = True
-            self._producer.commit_transaction(self._timeout)
-            self._open = False
-        except KafkaException as error:
-            kafka_error: KafkaError = error.args[0]
-            if kafka_error.retriable() and not (kafka_error.fatal() or kafka_error.txn_requires_abort()):
-                raise CommitUncertain(str(kafka_error)) from error
-            self._handle(error)
+        if not self._unresolved:
+            try:
+                if offsets and not self._offsets_sent:
+                    metadata = self._consumer.consumer_group_metadata()
+                    self._producer.send_offsets_to_transaction(offsets, metadata, self._timeout)
+                    self._offsets_sent = True
+                self._committing = True
+                self._producer.commit_transaction(self._timeout)
+            except KafkaException as error:
+                self._commit_failed(error)
+            else:
+                self._open = self._committing = False
+                self._committed()
+                return
+        self._resolve(offsets)
+        self._committed()
 
-    def abort(self) -> None:
-        if not self._open:
+    def abort(self, timeout: float | None = None) -> None:
+        """Abort the open transaction; never one being committed (its outcome decides, see `commit`)."""
+        if not self._open or self._committing:
             return
         try:
-            self._producer.abort_transaction(self._timeout)
+            self._producer.abort_transaction(self._timeout if timeout is None else timeout)
             self._open = False
         except KafkaException as error:
             log.warning("abort_failed", error=str(error))  # begin() aborts again before the next batch
             if error.args[0].fatal():
-                self._renew()
+                self._renew(error.args[0])
 
     def close(self, timeout: float) -> None:
-        self.abort()
-        super().close(timeout)
+        self.abort(timeout / 2)
+        super().close(timeout / 2)
 
-    def _handle(self, error: KafkaException) -> None:
+    def _init(self) -> None:
+        if not self._ready:
+            self._producer.init_transactions(self._timeout)
+            self._ready = True
+
+    def _commit_failed(self, error: KafkaException) -> None:
+        """Raises the outcome, or marks the commit unresolved (a fatal error while committing)."""
+        kafka_error: KafkaError = error.args[0]
+        if kafka_error.fatal() or not (kafka_error.retriable() or kafka_error.txn_requires_abort()):
+            # librdkafka: an error that is neither retriable nor abortable is to be taken as fatal.
+            committing = self._committing
+            self._renew(kafka_error)
+            if committing:
+                self._unresolved = True
+                return
+            raise RetryBatch(str(kafka_error)) from error
+        if kafka_error.txn_requires_abort():
+            self._committing = False
+            self.abort()
+            if kafka_error.code() in GROUP_MOVED:
+                raise PartitionsLost(str(kafka_error)) from error
+            raise RetryBatch(str(kafka_error)) from error
+        raise CommitUncertain(str(kafka_error)) from error
+
+    def _resolve(self, offsets: list[TopicPartition]) -> None:
+        """After a fatal error inside commit_transaction: returns if the batch committed, else raises."""
+        if not offsets:
+            self._unresolved = False
+            raise RetryBatch("commit outcome unknown and the batch has no input offsets to tell: run it again")
+        try:
+            self._init()  # the new producer's init_transactions completes or aborts the old transaction
+            committed = self._consumer.committed(
+                [TopicPartition(tp.topic, tp.partition) for tp in offsets], self._timeout
+            )
+        except KafkaException as error:
+            if error.args[0].fatal():
+                self._renew(error.args[0])
+            raise CommitUncertain(f"outcome of the last commit not known yet: {error.args[0]}") from error
+        self._unresolved = False
+        ends = {(tp.topic, tp.partition): tp.offset for tp in offsets}
+        behind = [
+            f"{tp.topic}:{tp.partition}:{tp.offset}" for tp in committed if tp.offset != ends[tp.topic, tp.partition]
+        ]
+        log.info("commit_resolved", committed=not behind, group_offsets_behind=behind)
+        if behind:
+            raise RetryBatch(f"the fatal error came before the commit: group offsets {behind}")
+
+    def _not_sent(self, error: KafkaException) -> None:
         kafka_error: KafkaError = error.args[0]
         if kafka_error.fatal():
-            log.warning("producer_fatal_error", error=str(kafka_error))
-            self._renew()
-        elif kafka_error.txn_requires_abort():
+            self._renew(kafka_error)
+        else:
             self.abort()
-        _raise_for(error)
+        super()._not_sent(error)
 
-    def _renew(self) -> None:
-        """A fatal producer error (fenced, epoch bumped): a new producer with the same transactional.id."""
-        self._producer = Producer(self._config)
-        self._ready = self._open = False
+    def _renew(self, error: KafkaError) -> None:
+        """A fatal producer error (fenced, epoch bumped): a new producer, with a new transactional.id if the
+        old one is shared (see `TransactionalId`)."""
+        log.warning("producer_fatal_error", error=str(error), code=error.name())
+        if error.code() in FENCING:
+            self._ids.fenced()
+        self._producer = self._new_producer(self._producer_config())
+        self._ready = self._open = self._committing = self._offsets_sent = False
 
 
-def _raise_for(error: KafkaException) -> None:
-    kafka_error: KafkaError = error.args[0]
-    if kafka_error.code() in _LOST:
-        raise PartitionsLost(str(kafka_error)) from error
-    raise RetryBatch(str(kafka_error)) from error
+def _identity(out: Output) -> OutputId:
+    return out.topic, out.key, hash(out.value)
 
 
 def offsets_after(messages: Sequence[Any]) -> list[TopicPartition]:
@@ -187,3 +370,11 @@ def offsets_after(messages: Sequence[Any]) -> list[TopicPartition]:
     for message in messages:
         last[message.topic(), message.partition()] = message.offset()
     return [TopicPartition(topic, partition, offset + 1) for (topic, partition), offset in last.items()]
+
+
+def first_offsets(messages: Sequence[Any]) -> dict[tuple[str, int], int]:
+    """Where each partition of `messages` starts: the position to rewind to when the batch is dropped."""
+    first: dict[tuple[str, int], int] = {}
+    for message in messages:
+        first.setdefault((message.topic(), message.partition()), message.offset())
+    return first

@@ -1,29 +1,27 @@
-"""Processing of one batch: decode -> dedupe -> reassemble -> records -> tenant group counts. Knows Redis
-(through the stores) but not Kafka: it takes messages and returns the output messages plus what to settle and
-count once Kafka confirmed them.
+"""Processing of one batch: decode -> dedupe -> reassemble -> records -> tenant group counts, and the control
+commands (`worker/control.py`). Knows the state only through the stores (`worker/stores.py`) and not Kafka: it
+takes messages and the time, and returns the output messages plus what to settle and count once Kafka
+confirmed them. It never reads the clock.
 
-Everything it writes to Redis is tagged with the input position (or a timeout lease token), so running the
-same batch again after any failure returns the same outputs: the loop may retry or replay freely.
+Everything it writes to the stores is tagged with the position of the message that made it (input or control
+topic), so running the same batch again after any failure returns the same outputs: the loop may retry or
+replay freely. A timeout scan writes nothing that matters: it only sends commands.
 """
 
 from __future__ import annotations
 
-import itertools
-import time
-import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
-from worker.changes import ChangeStore, Closed
+from worker import control
 from worker.deadletter import dead_letter_headers
 from worker.decode import Format, Headers, Rejected, Skipped, decode
-from worker.dedupe import Deduper
 from worker.models import DATA_MODELS, Event, UsersModified
-from worker.reassembly import Part, TimeoutOutcome
+from worker.reassembly import Part
 from worker.records import (
     ChangeInfo,
     GroupChange,
@@ -34,12 +32,15 @@ from worker.records import (
     membership_change,
     record_key,
 )
-from worker.tenants import GROUP_LIMIT, GroupCount, TenantGroups, counted, exceeds_limit
+from worker.stores import ChangeStore, Closed, DedupeStore, TenantGroupStore
+from worker.tenants import GROUP_LIMIT, GroupCount, counted, exceeds_limit
 from worker.ums import UMS_TYPE
 
 log = structlog.get_logger("worker.pipeline")
 
 JSON_HEADERS: list[tuple[str, str | bytes | None]] = [("content-type", b"application/json")]
+CONTROL = "control"  # the `type` label of control commands in worker_events_total
+SCAN_LIMIT = 200  # timeout commands per scan
 
 
 class Message(Protocol):
@@ -65,7 +66,6 @@ class Output:
 class BatchResult:
     outputs: list[Output] = field(default_factory=list)
     closed: list[str] = field(default_factory=list)  # change ids whose deadline can go once committed
-    leases: list[tuple[str, str]] = field(default_factory=list)  # (change id, token) to confirm once committed
     events: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, outcome)
     records: Counter[str] = field(default_factory=Counter)  # schema
     dlq: Counter[str] = field(default_factory=Counter)  # reason
@@ -86,26 +86,36 @@ def type_label(event_type: str) -> str:
 class Processor:
     def __init__(
         self,
-        deduper: Deduper,
+        deduper: DedupeStore,
         changes: ChangeStore,
         *,
         output_topic: str,
         dlq_topic: str,
-        tenants: TenantGroups | None = None,
+        control_topic: str,
+        tenants: TenantGroupStore | None = None,
         formats: Mapping[str, Format] | None = None,
+        durable: Callable[[], None] | None = None,
+        logger: Any = None,
     ) -> None:
         """`tenants` None: no tenant group counts. `formats`: input topic -> its format, where it is not detected
-        per message."""
+        per message. `durable`: called after a batch's writes, before it is handed back for the Kafka commit;
+        raises `redis.RedisError` when they are not as durable as configured (`WORKER_REDIS_MIN_REPLICAS`).
+        `logger`: instead of this module's (structlog)."""
         self._deduper, self._changes, self._tenants = deduper, changes, tenants
-        self._output_topic, self._dlq_topic = output_topic, dlq_topic
+        self._output_topic, self._dlq_topic, self._control_topic = output_topic, dlq_topic, control_topic
         self._formats = dict(formats or {})
-        self._instance = uuid.uuid4().hex[:12]
-        self._flushes = itertools.count()
+        self._durable = durable
+        self._log = log if logger is None else logger
 
-    def process(self, messages: Sequence[Message]) -> BatchResult:
+    def process(self, messages: Sequence[Message], now_ms: int) -> BatchResult:
+        """The outputs of a batch of input and control messages; `now_ms` starts new changes' timeouts."""
         result = BatchResult()
         events: list[tuple[Message, Event]] = []
+        commands: list[tuple[control.Command, str]] = []
         for message in messages:
+            if message.topic() == self._control_topic:
+                self._command(message, commands, result)
+                continue
             decoded = decode(message.value(), message.headers(), self._formats.get(message.topic() or ""))
             if isinstance(decoded, Event):
                 events.append((message, decoded))
@@ -137,41 +147,57 @@ class Processor:
                 if (count := counted(record)) is not None:
                     group_counts.append(count)
 
-        closures = self._changes.apply_parts(parts, _now_ms())
-        for (info, _part), closed in zip(parts, closures, strict=True):
+        for (info, _part), closed in zip(parts, self._changes.apply_parts(parts, now_ms), strict=True):
             if closed is None:
                 continue
             if not closed.emission.late:
                 result.closed.append(info["change_id"])
                 result.changes_closed["complete"] += 1
             self._emit_closure(result, closed)
+        for (command, _tag), closed in zip(commands, self._changes.apply_commands(commands), strict=True):
+            if command.cursor is None:  # closed now, or already: no more timeout commands for it
+                result.closed.append(command.change_id)
+                if closed is not None:
+                    result.changes_closed["timed_out"] += 1
+                    self._log.info("change_timed_out", change_id=command.change_id, users=len(closed.emission.users))
+            if closed is not None:
+                self._emit_closure(result, closed)
         self._count_tenant_groups(group_counts, result)
+        if self._durable is not None and (events or commands):
+            self._durable()
         return result
 
-    def flush_timeouts(self, limit: int = 200) -> BatchResult:
-        """Close changes whose deadline passed, under a lease; the caller commits the output like a batch."""
+    def scan_timeouts(self, now_ms: int, limit: int = SCAN_LIMIT) -> BatchResult:
+        """Timeout commands for changes whose deadline passed (the owner of each command's partition closes the
+        change); the caller commits the outputs like a batch without input offsets."""
         result = BatchResult()
-        now = _now_ms()
-        due = self._changes.due(now, limit)
-        if not due:
-            return result
-        token = f"{self._instance}:{next(self._flushes)}"
-        for change_id, outcome in zip(due, self._changes.apply_timeouts(due, token, now), strict=True):
-            if outcome is TimeoutOutcome.DONE:
-                result.closed.append(change_id)
-            elif isinstance(outcome, Closed):
-                result.closed.append(change_id)
-                result.leases.append((change_id, token))
-                result.changes_closed["timed_out"] += 1
-                self._emit_closure(result, outcome)
-                log.info("change_timed_out", change_id=change_id, users=len(outcome.emission.users))
+        for change_id in self._changes.due(now_ms, limit):
+            self._send_command(result, control.Command(change_id))
+        if result.outputs:
+            self._log.info("timeout_commands_sent", changes=len(result.outputs))
         return result
 
     def settle(self, result: BatchResult) -> None:
-        self._changes.settle(result.closed, result.leases)
+        """After Kafka confirmed the batch's transaction."""
+        self._changes.settle(result.closed)
 
     def open_changes(self) -> int:
         return self._changes.open_changes()
+
+    def _command(self, message: Message, commands: list[tuple[control.Command, str]], result: BatchResult) -> None:
+        command = control.decode(message.value())
+        if command is None:
+            result.events[CONTROL, "invalid"] += 1
+            self._log.warning(
+                "control_message_ignored",
+                reason="not a command",
+                topic=message.topic(),
+                partition=message.partition(),
+                offset=message.offset(),
+            )
+            return
+        result.events[CONTROL, "processed"] += 1
+        commands.append((command, position(message)))
 
     def _count_tenant_groups(self, changes: Sequence[GroupCount], result: BatchResult) -> None:
         """First-seen creations and deletions into the tenants' live group sets (no round trip without any)."""
@@ -181,7 +207,7 @@ class Processor:
             result.tenant_groups[change.tenant_id] = size
             if exceeds_limit(change, size):
                 result.tenant_limit_exceeded += 1
-                log.warning(
+                self._log.warning(
                     "tenant_group_limit_exceeded",
                     tenant=change.tenant_id,
                     groups=size,
@@ -194,6 +220,12 @@ class Processor:
         for user, event_id in emission.users:
             record = membership_change(closed.info, user, event_id, complete=emission.complete, late=emission.late)
             self._emit(result, record)
+        if emission.next_cursor is not None:
+            self._send_command(result, control.Command(closed.info["change_id"], emission.next_cursor))
+
+    def _send_command(self, result: BatchResult, command: control.Command) -> None:
+        key = command.change_id.encode()
+        result.outputs.append(Output(self._control_topic, key, control.encode(command), JSON_HEADERS))
 
     def _emit(self, result: BatchResult, record: GroupChange | MembershipChange) -> None:
         result.outputs.append(Output(self._output_topic, record_key(record), encode(record), JSON_HEADERS))
@@ -206,7 +238,7 @@ class Processor:
         result.outputs.append(Output(self._dlq_topic, message.key(), message.value(), headers))
         result.dlq[rejected.reason] += 1
         result.events[type_label(rejected.event_type or ""), "invalid"] += 1
-        log.warning(
+        self._log.warning(
             "dead_lettered",
             reason=rejected.reason,
             detail=rejected.detail,
@@ -215,7 +247,3 @@ class Processor:
             partition=message.partition(),
             offset=message.offset(),
         )
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

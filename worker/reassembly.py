@@ -3,37 +3,49 @@
 A change is identified by (tenant, group id, lastUpdatedAt, deleted). Its parts may arrive in any order, on
 any partition, at any worker, and may be replayed after a crash. The rules:
 
-- Every part adds its users (the first part that names a user is the one that "carried" it).
-- The first part with `fullyProcessed: true` closes the change and emits every user collected so far
-  (`complete: true`). A part arriving after that emits only its users not emitted yet (`late: true`).
-- A change still open after the batch timeout is closed by a timeout flush: every collected user not emitted
-  yet is emitted with `complete: false`; later parts are then late and incomplete.
-- Each emission is tagged: a part by its input position, a timeout flush by its lease token. A user marked
-  by tag T counts as not yet emitted when T runs again, so a replay after a crash (the output of the first
-  run never reached Kafka, or was aborted with its transaction) emits the same records again, and nothing
-  else ever emits that user twice.
-- A timeout flush holds a lease until it confirms (after Kafka acknowledged its output). If the flusher dies,
-  the next flusher takes the lease over and re-emits the users marked by the dead one.
+- Every part adds its users, in arrival order (the first part that names a user is the one that "carried" it).
+- A change is closed once, by the first of: a part with `fullyProcessed: true` (the records say
+  `complete: true`), or a timeout command (`complete: false`, see `worker/control.py`). Closing fixes the
+  users it owes: every user collected so far.
+- A close emits those users in chunks of at most `chunk` users, in arrival order: the closing message emits
+  the first chunk and, when more remain, says where the next one starts (`Emission.next_cursor`); the worker
+  sends that as a continue command, and the command's message emits the next chunk, and so on. So no step
+  holds more than one chunk, whatever the change's size.
+- A part arriving after the close emits only its own users not emitted yet (`late: true`).
+- Each emission is tagged with the position of the message that made it (a part, or a command on the control
+  topic). A user marked by tag T counts as not yet emitted when T runs again, and a closing or continue tag
+  remembers the range of users it covered, so a replay after a crash (the output of the first run never
+  reached Kafka, or was aborted with its transaction) emits the same records again, and nothing else ever
+  emits that user twice. A continue command whose cursor is not where the next chunk starts (a copy, or a
+  command of a chain that another message already advanced) emits nothing; so does a timeout command for a
+  closed change.
 
-`worker/lua/part.lua` and `worker/lua/timeout.lua` implement exactly these rules inside Redis, atomically
-per change; `tests/integration/test_changes_store.py` checks both agree on every arrival order.
+`worker/lua/change.lua` implements exactly these rules inside Redis, atomically per change, and
+`worker/stores.py` holds them in memory; `tests/integration/test_changes_store.py` checks both agree.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import Enum
+
+CHUNK_USERS = 2_000  # users per emission step: records held in memory per step, work per script call
 
 
 @dataclass
 class ChangeState:
     users: dict[str, str] = field(default_factory=dict)  # user -> event id of the part that carried it
+    order: list[str] = field(default_factory=list)  # users in arrival order: what the chunks index
     emitted: dict[str, str] = field(default_factory=dict)  # user -> tag of the emission that claimed it
-    final_tag: str | None = None
-    timed_out: bool = False
-    lease: str | None = None  # token of an unconfirmed timeout flush
-    lease_until_ms: int = 0
+    final_tag: str | None = None  # the part that closed it
+    timeout_tag: str | None = None  # the timeout command that closed it
+    end: int = 0  # users the close owes: order[:end]
+    next: int = 0  # where the next chunk starts
+    chunks: dict[str, tuple[int, int]] = field(default_factory=dict)  # tag -> (start, stop) it emitted
+
+    @property
+    def closed(self) -> bool:
+        return self.final_tag is not None or self.timeout_tag is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,50 +61,58 @@ class Emission:
     users: tuple[tuple[str, str], ...]  # (user, event id of the part that carried it)
     complete: bool
     late: bool
+    next_cursor: int | None = None  # where the next chunk starts, if users remain
 
 
-class TimeoutOutcome(Enum):
-    DONE = "done"  # closed already (final part seen, or a confirmed timeout): drop it from the deadlines
-    BUSY = "busy"  # another worker holds a live lease on it
-
-
-def apply_part(state: ChangeState, part: Part) -> Emission | None:
+def apply_part(state: ChangeState, part: Part, chunk: int = CHUNK_USERS) -> Emission | None:
     """Record a part; return what it emits, or None while the change stays open."""
     for user in part.users:
-        state.users.setdefault(user, part.event_id)
-    if part.final and state.final_tag is None and not state.timed_out:
+        if user not in state.users:
+            state.users[user] = part.event_id
+            state.order.append(user)
+    if part.final and not state.closed:
         state.final_tag = part.tag
-    if state.final_tag == part.tag:
-        candidates: Iterable[str] = sorted(state.users)
-        late, complete = False, True
-    elif state.final_tag is not None or state.timed_out:
-        candidates = part.users
-        late, complete = True, not state.timed_out
-    else:
+        _close(state)
+    if part.tag in state.chunks or state.final_tag == part.tag:
+        return _chunk(state, part.tag, state.next, chunk)
+    if not state.closed:
         return None
-    return Emission(_claim(state, candidates, part.tag, {part.tag}), complete=complete, late=late)
+    users = _claim(state, part.users, part.tag)
+    return Emission(users, complete=state.timeout_tag is None, late=True)
 
 
-def apply_timeout(state: ChangeState, token: str, now_ms: int, lease_ms: int) -> Emission | TimeoutOutcome:
-    """Close an expired open change under a lease, or say why not."""
-    if state.final_tag is not None or (state.timed_out and state.lease is None):
-        return TimeoutOutcome.DONE
-    if state.lease not in (None, token) and state.lease_until_ms > now_ms:
-        return TimeoutOutcome.BUSY
-    reclaimable = {token} if state.lease is None else {token, state.lease}
-    state.timed_out, state.lease, state.lease_until_ms = True, token, now_ms + lease_ms
-    return Emission(_claim(state, sorted(state.users), token, reclaimable), complete=False, late=False)
+def apply_timeout(state: ChangeState, tag: str, chunk: int = CHUNK_USERS) -> Emission | None:
+    """Close an open change as timed out; None if it was closed already (by another message)."""
+    if not state.closed:
+        state.timeout_tag = tag
+        _close(state)
+    elif tag not in state.chunks:
+        return None
+    return _chunk(state, tag, state.next, chunk)
 
 
-def confirm_timeout(state: ChangeState, token: str) -> None:
-    """The flush's output is durable in Kafka: the change is closed for good."""
-    if state.lease == token:
-        state.lease, state.lease_until_ms = None, 0
+def apply_continue(state: ChangeState, tag: str, cursor: int, chunk: int = CHUNK_USERS) -> Emission | None:
+    """Emit the chunk starting at `cursor`; None for a copy or a stale cursor."""
+    if tag not in state.chunks and (not state.closed or cursor != state.next or cursor >= state.end):
+        return None
+    return _chunk(state, tag, cursor, chunk)
 
 
-def _claim(
-    state: ChangeState, candidates: Iterable[str], tag: str, reclaimable: set[str]
-) -> tuple[tuple[str, str], ...]:
+def _close(state: ChangeState) -> None:
+    state.end, state.next = len(state.order), 0
+
+
+def _chunk(state: ChangeState, tag: str, start: int, chunk: int) -> Emission:
+    """The chunk of `tag`: the range it covered before (a replay), else `chunk` users from `start`."""
+    start, stop = state.chunks.setdefault(tag, (start, min(start + chunk, state.end)))
+    state.next = max(state.next, stop)
+    users = _claim(state, state.order[start:stop], tag)
+    return Emission(
+        users, complete=state.timeout_tag is None, late=False, next_cursor=stop if stop < state.end else None
+    )
+
+
+def _claim(state: ChangeState, candidates: Iterable[str], tag: str) -> tuple[tuple[str, str], ...]:
     out: list[tuple[str, str]] = []
     seen: set[str] = set()
     for user in candidates:
@@ -100,7 +120,7 @@ def _claim(
             continue
         seen.add(user)
         owner = state.emitted.get(user)
-        if owner is None or owner in reclaimable:
+        if owner is None or owner == tag:
             state.emitted[user] = tag
             out.append((user, state.users[user]))
     return tuple(out)

@@ -1,8 +1,10 @@
-"""Redis connection and Lua scripts run in batches: many script calls, one round trip.
+"""Redis connection (one node or a Redis Cluster), Lua scripts run in batches, and the replica wait.
 
 redis-py's own `Script` objects re-check the script cache with an extra round trip on every pipeline
-execution; here a batch is sent with EVALSHA and only a NOSCRIPT reply (new or restarted Redis) loads the
-script and re-sends the calls that failed. Every script is idempotent for a replayed call, so that is safe.
+execution; here a batch is sent with EVALSHA and only a NOSCRIPT reply (new or restarted Redis, a new cluster
+node) loads the script and re-sends the calls that failed. Every script is idempotent for a replayed call, so
+that is safe. On a cluster, redis-py's cluster pipeline groups the commands by slot and sends one pipeline per
+node; every script call names keys of one hash tag only, so each call runs on one node.
 """
 
 from __future__ import annotations
@@ -13,21 +15,79 @@ from importlib.resources import files
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 Arg = str | int | float | bytes
 Call = tuple[Sequence[str], Sequence[Arg]]  # (keys, args)
 Command = tuple[Arg, ...]
+Client = redis.Redis | RedisCluster
 
 
-def connect(url: str, timeout: float = 5) -> redis.Redis:
-    return redis.Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=10, decode_responses=False
-    )
+class ReplicasBehind(redis.RedisError):
+    """Fewer replicas than `WORKER_REDIS_MIN_REPLICAS` acknowledged the writes in time: a Redis failure, so the
+    batch is retried (its writes are tagged, so redoing them is safe)."""
+
+
+def connect(url: str, timeout: float = 5, *, cluster: bool = False) -> Client:
+    """A client for the URL: a cluster client (node discovery, routing by slot) when `cluster`."""
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "health_check_interval": 10,
+        "decode_responses": False,
+    }
+    if cluster:
+        return RedisCluster.from_url(url, **options)
+    return redis.Redis.from_url(url, **options)
+
+
+def primaries(client: Client) -> list[Any]:
+    """Where writes land: every primary of a cluster, else [None] (the one server)."""
+    if isinstance(client, RedisCluster):
+        return list(client.get_primaries())  # type: ignore[no-untyped-call]
+    return [None]
+
+
+def on_node(client: Client, node: Any, *args: Arg) -> Any:
+    """A command on one node (`primaries`): the server itself, or that cluster node."""
+    if node is None:
+        return client.execute_command(*args)  # type: ignore[no-untyped-call]
+    return client.execute_command(*args, target_nodes=node)  # type: ignore[no-untyped-call]
+
+
+def server_version(client: Client) -> int:
+    """The major version of the oldest server (cluster node) behind the client; 0 when INFO is denied (some
+    managed services), so callers take the form every version knows."""
+    try:
+        info: dict[str, Any] = client.info("server")
+    except redis.ResponseError:
+        return 0
+    nodes = [info] if "redis_version" in info else [v for v in info.values() if isinstance(v, dict)]
+    return min((int(str(node.get("redis_version", "0")).split(".")[0]) for node in nodes), default=0)
+
+
+class ReplicaWait:
+    """`WAIT n timeout` on every primary: returns once `n` replicas hold every write this client made, else raises
+    `ReplicasBehind`. WAIT counts the writes of its own connection; the processor's client is used from one
+    thread, so each node's pool holds one connection, the one that wrote."""
+
+    def __init__(self, client: Client, replicas: int, timeout_ms: int) -> None:
+        self._client, self._replicas, self._timeout_ms = client, replicas, timeout_ms
+
+    def wait(self) -> None:
+        for node in primaries(self._client):
+            acknowledged = int(on_node(self._client, node, "WAIT", self._replicas, self._timeout_ms))
+            if acknowledged < self._replicas:
+                where = "" if node is None else f" on {node.name}"
+                raise ReplicasBehind(
+                    f"{acknowledged} of {self._replicas} replica(s) acknowledged the writes{where} "
+                    f"within {self._timeout_ms} ms (WORKER_REDIS_MIN_REPLICAS)"
+                )
 
 
 class LuaScript:
-    def __init__(self, client: redis.Redis, name: str) -> None:
+    def __init__(self, client: Client, name: str) -> None:
         self._client = client
         self._source = (files("worker") / "lua" / f"{name}.lua").read_bytes()
         self._sha = hashlib.sha1(self._source).hexdigest()
@@ -40,7 +100,7 @@ class LuaScript:
         results = self._send(calls, also)
         missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
         if missing:
-            self._client.script_load(self._source)
+            self._client.script_load(self._source)  # on a cluster: on every primary
             for i, result in zip(missing, self._send([calls[i] for i in missing]), strict=True):
                 results[i] = result
         for result in results:
@@ -51,9 +111,10 @@ class LuaScript:
     def _send(self, calls: Sequence[Call], also: Sequence[Command] = ()) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
         for command in also:
-            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+            pipe.execute_command(*command)
         for keys, args in calls:
-            pipe.evalsha(self._sha, len(keys), *keys, *args)
+            # not pipe.evalsha: redis-py's cluster pipeline blocks that method, but routes the command by its keys
+            pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
         replies = pipe.execute(raise_on_error=False)
         for reply in replies[: len(also)]:
             if isinstance(reply, Exception):

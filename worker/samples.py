@@ -11,10 +11,8 @@ from importlib.resources import files
 
 import orjson
 
-from worker.decode import Rejected, decode
-from worker.dedupe import dedupe_key
-from worker.models import USERS_MODIFIED, Event, UsersModified
-from worker.records import change_info
+from worker.models import USERS_MODIFIED
+from worker.offline import Offline, PlainMessage
 
 SEED_EXAMPLES = ("group-created", "group-updated", "group-deleted", "group-users-modified")
 UMS_EXAMPLE = "ums-usergroup-updated"
@@ -78,20 +76,12 @@ def samples() -> list[Sample]:
 
 
 def expected_counts(messages: list[Sample] | None = None) -> tuple[int, int]:
-    """(records, DLQ messages) the worker makes of `messages` (default: `samples()`), sent once: what `demo`
-    waits for. One record per distinct group event, one per distinct (change, user), one DLQ message per bad one."""
-    seen: set[str] = set()
-    users: set[tuple[str, str]] = set()
+    """(records, DLQ messages) the worker makes of `messages` (default: `samples()`), sent once in this order:
+    what `demo` waits for. The real processor on in-memory stores."""
+    offline = Offline()
     records = dead = 0
-    for sample in samples() if messages is None else messages:
-        decoded = decode(sample.value, sample.headers)
-        if isinstance(decoded, Rejected):
-            dead += 1
-        elif isinstance(decoded, Event) and dedupe_key(decoded) not in seen:
-            seen.add(dedupe_key(decoded))
-            if isinstance(decoded.data, UsersModified):
-                change_id = change_info(decoded)["change_id"]
-                users.update((change_id, user) for user in decoded.data.affected_users)
-            else:
-                records += 1
-    return records + len(users), dead
+    for offset, sample in enumerate(samples() if messages is None else messages):
+        for result in offline.feed([PlainMessage(("samples", sample.partition, offset), sample.value, sample.headers)]):
+            records += sum(result.records.values())
+            dead += sum(result.dlq.values())
+    return records, dead

@@ -26,11 +26,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-import redis
-
 from worker import metrics
 from worker.records import GroupChange
-from worker.redis_scripts import Call, LuaScript
+from worker.redis_scripts import Call, Client, LuaScript
 
 GROUP_LIMIT: Final = 10_000  # per tenant, API changelog
 TOP_TENANTS: Final = 20  # tenants with a gauge child, per worker
@@ -65,15 +63,15 @@ def exceeds_limit(change: GroupCount, size: int) -> bool:
 
 
 class TenantGroups:
-    """The Redis sets of live group ids, one per tenant."""
+    """`worker.stores.TenantGroupStore` in Redis: the sets of live group ids, one per tenant (one key per call,
+    so one cluster slot)."""
 
-    def __init__(self, client: redis.Redis, ttl_seconds: int = TTL_SECONDS) -> None:
+    def __init__(self, client: Client, ttl_seconds: int = TTL_SECONDS) -> None:
         self._script = LuaScript(client, "tenant_groups")
         self._ttl = ttl_seconds
 
     def apply(self, changes: Sequence[GroupCount]) -> list[int]:
-        """Apply the changes in order, in one round trip (none when there are none): each one's tenant's count
-        of live groups right after it. Raises RedisError."""
+        """In one round trip (none when there are no changes)."""
         by_tenant: dict[str, list[int]] = {}
         for index, change in enumerate(changes):
             by_tenant.setdefault(change.tenant_id, []).append(index)

@@ -1,13 +1,21 @@
 """Chaos run: 3 workers, a steady producer, SIGKILLs, a Redis restart and scaling, then an audit of the output.
 
-`python -m tests.chaos.chaos [--events N] [--kill-every S]` prints a one-line JSON summary and exits non-zero
-when a record is missing, extra or wrong, or a poison message is not in the DLQ exactly once. Everything runs
-on 127.0.0.1 (an embedded Tansu broker and a durable private redis-server) and stops by itself.
+`python -m tests.chaos.chaos [--events N] [--kill-every S] [--group-protocol P]` prints a one-line JSON summary
+and exits non-zero when a record is missing, repeated, extra or wrong, or a poison message is not in the DLQ
+exactly once. Everything runs on 127.0.0.1 (the local stack's broker and a durable private redis-server) and
+stops by itself.
+
+On Apache Kafka the group starts with one worker, scales to three at once and back to one at once (members
+leave and join while the group is still rebalancing), and SIGKILLs come every `kill_every` seconds whatever
+the group is doing. On the embedded Tansu, which loses a group when members leave mid-rebalance (see the
+README), disruptions are spaced past the session timeout, wait for a settled group, and scaling goes one
+worker at a time from three.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import shutil
 import signal
@@ -38,7 +46,8 @@ class Chaos:
     rate: float = 4_000  # produced events per second
     kill_every: float = 8.0
     workers: int = 3
-    scale: bool = True  # scale 3 -> 1 -> 3 during the run
+    scale: bool = True  # scale during the run: 1 -> 3 -> 1 on Apache Kafka, 3 -> 1 -> 3 on Tansu
+    group_protocol: str = "classic"  # WORKER_GROUP_PROTOCOL of the workers
     seed: int = 11
     log: list[str] = field(default_factory=list)
 
@@ -91,43 +100,50 @@ def run(config: Chaos, workdir: Path) -> dict[str, Any]:
     started = time.monotonic()
     rng = random.Random(config.seed)
     kafka = start_kafka(workdir)
+    careful = kafka.kind == "tansu"  # space disruptions and wait for a settled group (see the module doc)
     redis_dir = workdir / "redis"
     redis_dir.mkdir()
     redis_port = free_port()
     redis = start_redis(redis_dir, redis_port, durable=True)
     stack = Stack(kafka.address, redis.address, redis, kafka, "chaos-in", "chaos-out", "chaos-dlq", "chaos", workdir)
-    extra = {"WORKER_BATCH_SIZE": "500", "WORKER_SHUTDOWN_TIMEOUT_SECONDS": "10"}
+    extra = {
+        "WORKER_BATCH_SIZE": "500",
+        "WORKER_SHUTDOWN_TIMEOUT_SECONDS": "10",
+        "WORKER_GROUP_PROTOCOL": config.group_protocol,
+    }
     workers: dict[int, WorkerProcess] = {}
     kills = 0
     try:
         stack.create_topics(PARTITIONS, PARTITIONS)
         corpus = generate("mixed", config.events, PARTITIONS, seed=config.seed)
         config.note(f"corpus: {len(corpus.messages)} messages, {len(corpus.expected)} expected records")
-        for slot in range(config.workers):
+        first = config.workers if careful or not config.scale else 1
+        for slot in range(first):
             workers[slot] = stack.start_worker(slot, **extra)
         wait_for(lambda: all(w.get("/readyz")[0] == 200 for w in workers.values()), 90, "workers ready")
         feed = Feed(stack.bootstrap, stack.input_topic, corpus, config.rate)
         feed.start()
         feed_seconds = len(corpus.messages) / config.rate
         plan = [(feed_seconds * 0.35, "restart redis")]
-        if config.scale:
-            # one worker at a time (Tansu loses a group when a second member leaves during the rebalance
-            # that the first one's leave started), then all back at once
+        if config.scale and careful:
+            # one worker at a time, then all back at once
             plan += [(feed_seconds * share, "scale down") for share in (0.45, 0.55)]
             plan.append((feed_seconds * 0.7, "scale up"))
+        elif config.scale:
+            plan = sorted([*plan, (feed_seconds * 0.2, "scale up"), (feed_seconds * 0.6, "scale down to one")])
         next_kill = time.monotonic() + config.kill_every
         t0 = last_action = time.monotonic()
         while feed.is_alive() or plan:
             time.sleep(0.2)
-            # Actions at least SPACING apart: the embedded Tansu can leave a group without an assignment for good
-            # when a member is killed and others leave and join within one session timeout (see the README).
-            if time.monotonic() - last_action < SPACING:
-                continue
-            # ... and only once every worker holds partitions again (the last rebalance finished), unless that
-            # takes longer than SETTLE_LIMIT: a group that never settles is then the final check's failure.
-            settled = all(w.get("/readyz")[0] == 200 for w in workers.values())
-            if not settled and time.monotonic() - last_action < SETTLE_LIMIT:
-                continue
+            if careful:
+                # Actions at least SPACING apart, and only once every worker holds partitions again (the last
+                # rebalance finished), unless that takes longer than SETTLE_LIMIT: a group that never settles
+                # is then the final check's failure.
+                if time.monotonic() - last_action < SPACING:
+                    continue
+                settled = all(w.get("/readyz")[0] == 200 for w in workers.values())
+                if not settled and time.monotonic() - last_action < SETTLE_LIMIT:
+                    continue
             if plan and time.monotonic() - t0 >= plan[0][0]:
                 last_action = time.monotonic()
                 _, action = plan.pop(0)
@@ -138,6 +154,11 @@ def run(config: Chaos, workdir: Path) -> dict[str, Any]:
                     redis = stack.redis_service = start_redis(redis_dir, redis_port, durable=True)
                 elif action == "scale down":
                     assert workers.pop(max(workers)).terminate() == 0, "SIGTERM must exit 0"
+                elif action == "scale down to one":
+                    leaving = [workers.pop(slot) for slot in sorted(workers)[1:]]
+                    for worker in leaving:  # all at once: each leaves while the others' leave rebalances
+                        worker.signal(signal.SIGTERM)
+                    assert all(w.terminate() == 0 for w in leaving), "SIGTERM must exit 0"
                 else:
                     for slot in range(config.workers):
                         if slot not in workers:
@@ -167,7 +188,12 @@ def run(config: Chaos, workdir: Path) -> dict[str, Any]:
             worker.kill()
         redis.stop()
         kafka.stop()
-    summary.update(kills=kills, seconds=round(time.monotonic() - started, 1))
+    summary.update(
+        broker=kafka.kind,
+        group_protocol=config.group_protocol,
+        kills=kills,
+        seconds=round(time.monotonic() - started, 1),
+    )
     return summary
 
 
@@ -179,6 +205,10 @@ def _committed(stack: Stack, ends: dict[int, int]) -> bool:
 def audit(stack: Stack, corpus: Corpus, feed: Feed) -> dict[str, Any]:
     messages = read_topic(stack.bootstrap, stack.output_topic, lambda m: len(m) >= len(corpus.expected), 120)
     records = [orjson.loads(m.value() or b"") for m in messages]
+    # Output timestamps are the workers' produce times: the longest gap between two of them while input kept
+    # coming is the longest stretch in which no worker committed output (a rebalance, a kill, the Redis restart).
+    stamps = sorted(m.timestamp()[1] for m in messages)
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
     copies = Counter(r["record_id"] for r in records)
     wrong = sum(1 for r in records if comparable(r) != corpus.expected.get(r["record_id"], comparable(r)))
     dead = read_topic(stack.bootstrap, stack.dlq_topic, lambda m: len(m) >= len(feed.poison), 60)
@@ -198,6 +228,7 @@ def audit(stack: Stack, corpus: Corpus, feed: Feed) -> dict[str, Any]:
         "dlq_missing": len(feed.poison - set(positions)),
         "dlq_duplicates": sum(n - 1 for n in positions.values()),
         "broker_hides_aborted": aborted_records_hidden(stack.bootstrap),
+        "longest_output_gap_s": round(max(gaps, default=0) / 1000, 2),
     }
 
 
@@ -216,10 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=Chaos.events)
     parser.add_argument("--rate", type=float, default=Chaos.rate)
     parser.add_argument("--kill-every", type=float, default=Chaos.kill_every)
+    parser.add_argument("--group-protocol", choices=("classic", "consumer"), default=Chaos.group_protocol)
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="gew-chaos-"))
     try:
-        summary = run(Chaos(events=args.events, rate=args.rate, kill_every=args.kill_every), workdir)
+        config = Chaos(
+            events=args.events, rate=args.rate, kill_every=args.kill_every, group_protocol=args.group_protocol
+        )
+        summary = run(config, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(orjson.dumps(summary).decode())

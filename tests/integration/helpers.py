@@ -99,12 +99,22 @@ class Stack:
     workdir: Path
     workers: list[WorkerProcess] = field(default_factory=list)
     input_partitions: int = 0
+    control_topic: str = ""  # the group's own commands; named after the input topic unless given
+
+    def __post_init__(self) -> None:
+        self.control_topic = self.control_topic or f"{self.input_topic}.control"
 
     def create_topics(self, input_partitions: int = 2, output_partitions: int = 2) -> None:
+        """The worker's topics; the control topic (the group's own commands) like the input topic."""
         self.input_partitions = input_partitions
         create_topics(
             self.bootstrap,
-            {self.input_topic: input_partitions, self.output_topic: output_partitions, self.dlq_topic: 1},
+            {
+                self.input_topic: input_partitions,
+                self.output_topic: output_partitions,
+                self.dlq_topic: 1,
+                self.control_topic: input_partitions,
+            },
         )
 
     def worker_env(self, **extra: str) -> dict[str, str]:
@@ -114,6 +124,7 @@ class Stack:
             "WORKER_INPUT_TOPICS": self.input_topic,
             "WORKER_OUTPUT_TOPIC": self.output_topic,
             "WORKER_DLQ_TOPIC": self.dlq_topic,
+            "WORKER_CONTROL_TOPIC": self.control_topic,
             "WORKER_GROUP_ID": self.group_id,
             "WORKER_LOG_LEVEL": "INFO",
             **FAST_GROUP,

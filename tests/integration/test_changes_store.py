@@ -1,5 +1,7 @@
-"""The Lua scripts in Redis follow the pure rules of worker/reassembly.py, for any sequence of parts,
-replays, duplicates and timeout flushes (hypothesis, on a real Redis)."""
+"""The Redis change store (worker/lua/change.lua, due.lua) gives the same answers as the in-memory store on the
+pure rules of worker/reassembly.py, for any sequence of parts, replays, duplicates, timeout and continue
+commands, scans and settles (hypothesis, on a real Redis); and what only Redis can show: TTLs, nothing written
+for unknown changes, a scan that moves on (defect 7), bounded script work for a large change (defect 8)."""
 
 from __future__ import annotations
 
@@ -10,30 +12,38 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker import reassembly
-from worker.changes import ChangeStore, Closed
-from worker.reassembly import ChangeState, Emission, Part, TimeoutOutcome
+from worker.changes import DEADLINES, RedisChangeStore, change_keys
+from worker.control import Command
+from worker.reassembly import Part
 from worker.records import ChangeInfo
 from worker.redis_scripts import connect
+from worker.stores import MemoryChangeStore
 
 pytestmark = pytest.mark.integration
 
 USERS = st.lists(st.sampled_from("abcdefg"), min_size=0, max_size=4).map(tuple)
-# An operation: ("part", tag index, users, final) or ("timeout", token index, clock step ms) or ("confirm", token).
+CHUNK, TIMEOUT_MS, RESEND_MS = 2, 1_000, 500
+# ("part", position, users, final) | ("timeout", position) | ("continue", position, cursor) | ("scan", ms) | ("settle",)
 PART = st.tuples(st.just("part"), st.integers(0, 4), USERS, st.booleans())
-TIMEOUT = st.tuples(st.just("timeout"), st.integers(0, 2), st.integers(0, 2000))
-CONFIRM = st.tuples(st.just("confirm"), st.integers(0, 2))
-LEASE_MS = 1000
+TIMEOUT = st.tuples(st.just("timeout"), st.integers(0, 3))
+CONTINUE = st.tuples(st.just("continue"), st.integers(0, 3), st.integers(0, 6))
+SCAN = st.tuples(st.just("scan"), st.integers(0, 1_500))
+SETTLE = st.tuples(st.just("settle"))
 changes = itertools.count()
 
 
 @pytest.fixture
-def store(redis_service: object) -> ChangeStore:
+def client(redis_service: object) -> redis.Redis:
     url = getattr(redis_service, "address", redis_service)
     assert isinstance(url, str)
     client = connect(url)
     client.flushdb()
-    return ChangeStore(client, timeout_ms=60_000, ttl_seconds=600, lease_ms=LEASE_MS)
+    assert isinstance(client, redis.Redis)
+    return client
+
+
+def store(client: redis.Redis, chunk: int = CHUNK) -> RedisChangeStore:
+    return RedisChangeStore(client, timeout_ms=TIMEOUT_MS, ttl_seconds=600, resend_ms=RESEND_MS, chunk=chunk)
 
 
 def info(change_id: str) -> ChangeInfo:
@@ -49,45 +59,79 @@ def info(change_id: str) -> ChangeInfo:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(first=PART, ops=st.lists(st.one_of(PART, PART, TIMEOUT, CONFIRM), max_size=12))
-def test_lua_scripts_agree_with_the_pure_rules(store: ChangeStore, first: tuple, ops: list[tuple]) -> None:
+@given(ops=st.lists(st.one_of(PART, PART, TIMEOUT, CONTINUE, CONTINUE, SCAN, SETTLE), max_size=16))
+def test_the_redis_store_agrees_with_the_in_memory_one(client: redis.Redis, ops: list[tuple]) -> None:
     change_id = f"change-{next(changes)}"
-    state = ChangeState()
+    redis_store, memory = store(client), MemoryChangeStore(TIMEOUT_MS, RESEND_MS, CHUNK)
     parts: dict[int, Part] = {}
     now = 1_000_000
-    for op in [first, *ops]:
+    for op in ops:
         if op[0] == "part":
             _, index, users, final = op
             part = parts.setdefault(index, Part(f"in:0:{index}", f"event-{index}", users, final))  # same tag, same part
-            expected = reassembly.apply_part(state, part)
-            got = store.apply_parts([(info(change_id), part)], now)[0]
-            assert _emission(got) == expected
-        elif op[0] == "timeout":
-            _, token, step = op
-            now += step
-            expected_t = reassembly.apply_timeout(state, f"token-{token}", now, LEASE_MS)
-            got_t = store.apply_timeouts([change_id], f"token-{token}", now)[0]
-            assert (got_t.emission if isinstance(got_t, Closed) else got_t) == expected_t
+            item = [(info(change_id), part)]
+            assert redis_store.apply_parts(item, now) == memory.apply_parts(item, now)
+        elif op[0] in ("timeout", "continue"):
+            command = [(Command(change_id, None if op[0] == "timeout" else op[2]), f"ctl:0:{op[1]}")]
+            assert redis_store.apply_commands(command) == memory.apply_commands(command)
+        elif op[0] == "scan":
+            now += op[1]
+            assert redis_store.due(now, 10) == memory.due(now, 10)
         else:
-            reassembly.confirm_timeout(state, f"token-{op[1]}")
-            store.settle([], [(change_id, f"token-{op[1]}")])
+            redis_store.settle([change_id])
+            memory.settle([change_id])
+        assert redis_store.open_changes() == memory.open_changes()
+    redis_store.settle([change_id])
 
 
-def _emission(closed: Closed | None) -> Emission | None:
-    return None if closed is None else closed.emission
+def test_change_keys_share_one_hash_tag_and_expire(client: redis.Redis) -> None:
+    s = store(client)
+    (closed,) = s.apply_parts([(info("c-info"), Part("in:0:1", "e1", ("u", "v", "w"), True))], 0)
+    assert closed is not None and closed.info == info("c-info") and closed.emission.next_cursor == 2
+    keys = sorted(k.decode() for k in client.keys("gew:change:{c-info}:*"))
+    assert keys == sorted(change_keys("c-info")) and all(0 < client.ttl(k) <= 600 for k in keys)
+    assert client.ttl(DEADLINES) > 0
+    s.settle(["c-info"])
+    assert s.open_changes() == 0
 
 
-def test_closed_changes_carry_their_stored_info_and_keys_expire(store: ChangeStore) -> None:
-    part = Part("in:0:1", "e1", ("u",), True)
-    (closed,) = store.apply_parts([(info("c-info"), part)], 0)
-    assert closed is not None and closed.info == info("c-info")
-    client = redis.Redis(connection_pool=store._client.connection_pool)
-    keys = client.keys("gew:change:{c-info}:*")
-    assert len(keys) == 3 and all(0 < client.ttl(k) <= 600 for k in keys)
-    assert store.due(60_000, 10) == ["c-info"]
-    store.settle(["c-info"], [])
-    assert store.due(60_000, 10) == [] and store.open_changes() == 0
+def test_a_command_for_an_unknown_change_emits_and_writes_nothing(client: redis.Redis) -> None:
+    s = store(client)
+    assert s.apply_commands([(Command("never-seen"), "ctl:0:1"), (Command("never-seen", 4), "ctl:0:2")]) == [None, None]
+    assert client.keys("gew:change:*") == []
 
 
-def test_timeout_of_an_unknown_change_is_done(store: ChangeStore) -> None:
-    assert store.apply_timeouts(["never-seen"], "tok", 0) == [TimeoutOutcome.DONE]
+def test_a_scan_moves_on_from_the_changes_it_took(client: redis.Redis) -> None:
+    """Defect 7: `due()` returned the same oldest 200 ids on every scan, so 200 changes another worker was busy
+    with blocked every other change. A scan now moves the deadlines it takes ahead."""
+    s = store(client)
+    s.apply_parts([(info(f"c-{i:03}"), Part(f"in:0:{i}", f"e{i}", ("u",), False)) for i in range(250)], 0)
+    first = s.due(TIMEOUT_MS, 200)
+    second = s.due(TIMEOUT_MS, 200)
+    assert len(first) == 200 and len(second) == 50 and not set(first) & set(second)
+    assert s.due(TIMEOUT_MS + RESEND_MS - 1, 200) == []
+    assert sorted(s.due(TIMEOUT_MS + RESEND_MS, 500)) == sorted(first + second)  # not closed: sent again
+
+
+def test_a_large_change_is_emitted_in_bounded_chunks_each_user_once(client: redis.Redis) -> None:
+    """Defect 8: the final part emitted every collected user in one script reply. Now each call emits one chunk
+    and the cursor of the next; Redis does no call longer than a part plus a chunk."""
+    users = [f"user-{i:05}" for i in range(20_000)]
+    s = store(client, chunk=3_000)
+    parts = [
+        (info("big"), Part(f"in:0:{i}", f"e{i}", tuple(users[i * 1000 : (i + 1) * 1000]), False)) for i in range(20)
+    ]
+    assert s.apply_parts(parts, 0) == [None] * 20
+    (closed,) = s.apply_parts([(info("big"), Part("in:0:20", "e20", (), True))], 0)
+    emitted, steps, position = [], 0, itertools.count(1)
+    while closed is not None:
+        assert len(closed.emission.users) <= 3_000
+        emitted += [user for user, _ in closed.emission.users]
+        steps += 1
+        cursor = closed.emission.next_cursor
+        if cursor is None:
+            break
+        (closed,) = s.apply_commands([(Command("big", cursor), f"ctl:0:{next(position)}")])
+    assert emitted == users and steps == 7
+    slow = client.slowlog_get(128)
+    assert all(entry["duration"] < 1_000_000 for entry in slow)  # no call near a second

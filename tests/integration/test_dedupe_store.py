@@ -1,5 +1,6 @@
 """Dedupe claims on a real Redis: first sight owns, a replay at the claiming position owns again, a copy at
-any other position (in the same batch or a later one) is a duplicate, and claims expire with their TTL."""
+any other position (in the same batch or a later one) is a duplicate, claims expire with their TTL, and the
+in-memory store (worker/stores.py) answers the same for any batches (hypothesis)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import time
 
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.integration.helpers import binary, group_data
 from worker.decode import decode
 from worker.dedupe import Deduper, dedupe_key
 from worker.models import Event
 from worker.redis_scripts import connect
+from worker.stores import MemoryDedupe
 
 pytestmark = pytest.mark.integration
 ids = itertools.count()
@@ -80,3 +84,22 @@ def test_the_worker_uses_set_nx_get_where_redis_has_it(client: redis.Redis) -> N
     deduper = Deduper(client, ttl_seconds=60)
     deduper.claim([(event(f"dd-{next(ids)}"), "in:0:1")])
     assert deduper._set_get is (redis_major(client) >= 7)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    batches=st.lists(
+        st.lists(st.tuples(st.integers(0, 3), st.integers(0, 1), st.integers(0, 3)), max_size=6), max_size=4
+    ),
+    set_get=st.sampled_from([False, None]),
+)
+def test_the_in_memory_store_agrees_with_redis(
+    client: redis.Redis, batches: list[list[tuple[int, int, int]]], set_get: bool | None
+) -> None:
+    run = next(ids)
+    types = ("com.qlik.v1.group.created", "com.qlik.v1.group.deleted")
+    events = {(i, t): event(f"dm-{run}-{i}", types[t]) for i in range(4) for t in range(2)}
+    redis_store, memory = Deduper(client, ttl_seconds=60, set_get=set_get), MemoryDedupe()
+    for batch in batches:  # (event, type, position): the same position twice is a replay
+        claims = [(events[i, t], f"in:0:{position}") for i, t, position in batch]
+        assert redis_store.claim(claims) == memory.claim(claims)

@@ -203,7 +203,7 @@ def test_health_endpoints(stack: Stack) -> None:
 
     assert worker.get("/healthz") == (200, "ok\n")
     assert worker.get("/readyz") == (200, "ready\n")
-    assert worker.metric("worker_assigned_partitions") == 1
+    assert worker.metric("worker_assigned_partitions") == 2  # the input partition and the control partition
     assert worker.metric("worker_ready") == 1
     build = [line for line in worker.get("/metrics")[1].splitlines() if line.startswith("worker_build_info{")]
     assert len(build) == 1 and 'version="' in build[0]

@@ -7,7 +7,7 @@ import os
 import pytest
 from pydantic import ValidationError
 
-from worker.config import CONSUMER_ONLY, PRODUCER_ONLY, Settings, describe_errors
+from worker.config import CONSUMER_ONLY, PRODUCER_ONLY, ConfigError, Settings, describe_errors
 
 
 @pytest.fixture(autouse=True)
@@ -191,3 +191,54 @@ def test_effective_transactional_id(monkeypatch):
     assert Settings().effective_transactional_id().startswith("group-events-worker-")
     monkeypatch.setenv("WORKER_TRANSACTIONAL_ID", "fixed-id")
     assert Settings().effective_transactional_id() == "fixed-id"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("WORKER_KAFKA_ENABLE_AUTO_COMMIT", "true"),
+        ("WORKER_KAFKA_ENABLE_AUTO_OFFSET_STORE", "true"),
+        ("WORKER_KAFKA_ISOLATION_LEVEL", "read_uncommitted"),
+        ("WORKER_KAFKA_PARTITION_ASSIGNMENT_STRATEGY", "cooperative-sticky"),
+        ("WORKER_KAFKA_GROUP_PROTOCOL", "consumer"),
+    ],
+)
+def test_an_override_of_a_guaranteed_consumer_setting_is_refused_naming_the_variable(variable, value):
+    """Defect 1: `**kafka` came last, so WORKER_KAFKA_ENABLE_AUTO_COMMIT=true committed offsets before output."""
+    with pytest.raises(ConfigError, match=variable):
+        Settings().consumer_config({variable: value})
+
+
+def test_guaranteed_consumer_settings_given_with_their_own_value_are_fine():
+    config, warnings = Settings().consumer_config(
+        {"WORKER_KAFKA_ENABLE_AUTO_COMMIT": "False", "WORKER_KAFKA_ISOLATION_LEVEL": "read_committed"}
+    )
+    assert config["enable.auto.commit"] == "false" and config["isolation.level"] == "read_committed"
+    assert config["partition.assignment.strategy"] == "range" and config["group.protocol"] == "classic"
+    assert warnings == []
+
+
+def test_the_consumer_protocol_drops_what_the_broker_decides_with_a_warning(monkeypatch):
+    monkeypatch.setenv("WORKER_GROUP_PROTOCOL", "consumer")
+    env = {
+        "WORKER_KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "WORKER_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+        "WORKER_KAFKA_PARTITION_ASSIGNMENT_STRATEGY": "range",
+        "WORKER_KAFKA_MAX_POLL_INTERVAL_MS": "10000",
+        "WORKER_KAFKA_GROUP_REMOTE_ASSIGNOR": "uniform",
+    }
+    config, warnings = Settings().consumer_config(env)
+    assert config["group.protocol"] == "consumer"
+    assert not {"session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy"} & set(config)
+    assert config["max.poll.interval.ms"] == "10000" and config["group.remote.assignor"] == "uniform"
+    assert sorted(w.split()[0] for w in warnings) == [
+        "WORKER_KAFKA_HEARTBEAT_INTERVAL_MS",
+        "WORKER_KAFKA_PARTITION_ASSIGNMENT_STRATEGY",
+        "WORKER_KAFKA_SESSION_TIMEOUT_MS",
+    ]
+
+
+def test_the_group_protocol_is_classic_or_consumer(monkeypatch):
+    monkeypatch.setenv("WORKER_GROUP_PROTOCOL", "eager")
+    with pytest.raises(ValidationError):
+        Settings()

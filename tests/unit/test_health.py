@@ -1,20 +1,38 @@
 from __future__ import annotations
 
-import time
-
-import pytest
-
 from worker.health import Health
 
 
-def test_liveness_fails_once_the_loop_has_not_polled_within_max_poll_interval(monkeypatch: pytest.MonkeyPatch) -> None:
-    health = Health(max_poll_interval_s=10)
-    now = time.monotonic()
-    monkeypatch.setattr(time, "monotonic", lambda: now + 9)
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_liveness_fails_once_the_loop_has_not_polled_within_max_poll_interval() -> None:
+    clock = Clock()
+    health = Health(max_poll_interval_s=10, clock=clock)
+    clock.now += 9
     assert health.alive() is None
-    monkeypatch.setattr(time, "monotonic", lambda: now + 11)
+    clock.now += 2
     assert health.alive() == "no poll for 11s"
     health.polled()
+    assert health.alive() is None
+
+
+def test_liveness_fails_while_one_batch_is_retried_for_longer_than_max_poll_interval() -> None:
+    """Defect 3: a commit whose outcome never becomes definite kept /healthz green forever."""
+    clock = Clock()
+    health = Health(max_poll_interval_s=10, clock=clock)
+    health.retry("kafka: commit timed out")
+    for _ in range(11):  # the loop keeps polling while it retries
+        clock.now += 1
+        health.polled()
+        health.retry("kafka: commit timed out")
+    assert health.alive() == "retrying one batch for 11s: kafka: commit timed out"
+    health.retried()
     assert health.alive() is None
 
 

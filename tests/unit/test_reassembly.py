@@ -1,22 +1,21 @@
 """worker.reassembly: the rules that turn the parts of a multi-part users.modified change into one emission per user,
-whatever the arrival order, replays and duplicates, and the timeout flush with its lease."""
+whatever the arrival order, replays and duplicates, closed by a final part or a timeout command, in chunks."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.reassembly import ChangeState, Emission, Part, TimeoutOutcome, apply_part, apply_timeout, confirm_timeout
+from worker.reassembly import ChangeState, Emission, Part, apply_continue, apply_part, apply_timeout
 
 FAST = settings(max_examples=300, deadline=None, database=None)
 
 USERS = ("ann", "bob", "cat", "dan", "eve", "fay")
-LEASE_MS = 100
 
 
 def part(index: int, users: Sequence[str], *, final: bool = False, copy: int = 0) -> Part:
@@ -43,8 +42,8 @@ def check_arrivals(deliveries: Sequence[Part]) -> dict[str, str]:
 
         if closing is None and delivery.final:
             closing = delivery.tag
-            # the first final part emits every user collected so far (its own included), each once
-            assert result == Emission(tuple(sorted(carriers.items())), complete=True, late=False)
+            # the first final part emits every user collected so far (its own included), each once, in arrival order
+            assert result == Emission(tuple(carriers.items()), complete=True, late=False)
         elif closing is None:
             assert result is None, "nothing is emitted before the final part"
         else:
@@ -94,7 +93,7 @@ def test_every_arrival_order_emits_each_user_once(order, final):
 def test_final_part_first_emits_its_own_users_then_late_parts_only_new_ones():
     state = ChangeState()
     assert apply_part(state, part(2, ["dan", "eve", "ann"], final=True)) == Emission(
-        (("ann", "evt-2"), ("dan", "evt-2"), ("eve", "evt-2")), complete=True, late=False
+        (("dan", "evt-2"), ("eve", "evt-2"), ("ann", "evt-2")), complete=True, late=False
     )
     assert apply_part(state, part(0, ["ann", "bob"])) == Emission((("bob", "evt-0"),), complete=True, late=True)
     assert apply_part(state, part(1, ["bob", "cat", "dan"])) == Emission((("cat", "evt-1"),), complete=True, late=True)
@@ -104,7 +103,7 @@ def test_final_part_first_emits_its_own_users_then_late_parts_only_new_ones():
 def test_single_part_change_emits_at_once():
     state = ChangeState()
     emission = apply_part(state, part(0, ["bob", "ann", "bob"], final=True))
-    assert emission == Emission((("ann", "evt-0"), ("bob", "evt-0")), complete=True, late=False)
+    assert emission == Emission((("bob", "evt-0"), ("ann", "evt-0")), complete=True, late=False)
 
 
 def test_parts_before_the_final_one_emit_nothing_and_the_final_one_emits_them_all():
@@ -114,7 +113,7 @@ def test_parts_before_the_final_one_emit_nothing_and_the_final_one_emits_them_al
     assert apply_part(state, part(0, ["cat", "ann"])) is None  # replay while still open
     emission = apply_part(state, part(2, ["dan"], final=True))
     assert emission == Emission(
-        (("ann", "evt-0"), ("bob", "evt-1"), ("cat", "evt-0"), ("dan", "evt-2")), complete=True, late=False
+        (("cat", "evt-0"), ("ann", "evt-0"), ("bob", "evt-1"), ("dan", "evt-2")), complete=True, late=False
     )
 
 
@@ -125,9 +124,6 @@ def test_a_duplicate_of_the_final_part_does_not_close_it_twice():
     assert users_of(first) == ["ann"]
     assert again == Emission((), complete=True, late=True)
     assert state.final_tag == part(1, []).tag
-
-
-# --- hypothesis: any parts, any order, replays and duplicates -----------------------------------------------------
 
 
 @st.composite
@@ -149,7 +145,7 @@ def test_any_arrival_order_with_replays_and_duplicates_emits_each_user_exactly_o
     assert set(claimed) == {user for delivery in deliveries for user in delivery.users}
 
 
-# --- timeout flush ------------------------------------------------------------------------------------------------
+# --- timeout commands -----------------------------------------------------------------------------------------
 
 
 def open_change() -> ChangeState:
@@ -159,124 +155,168 @@ def open_change() -> ChangeState:
     return state
 
 
-COLLECTED = (("ann", "evt-0"), ("bob", "evt-0"), ("cat", "evt-1"))
+COLLECTED = (("bob", "evt-0"), ("ann", "evt-0"), ("cat", "evt-1"))
 
 
-def test_timeout_emits_every_collected_user_as_incomplete():
+def test_a_timeout_command_emits_every_collected_user_as_incomplete():
     state = open_change()
-    assert apply_timeout(state, "tok-1", 1_000, LEASE_MS) == Emission(COLLECTED, complete=False, late=False)
-    assert (state.timed_out, state.lease, state.lease_until_ms) == (True, "tok-1", 1_000 + LEASE_MS)
+    assert apply_timeout(state, "ctl:0:1") == Emission(COLLECTED, complete=False, late=False)
+    assert state.timeout_tag == "ctl:0:1"
 
 
 def test_parts_after_a_timeout_are_late_incomplete_and_emit_only_new_users():
     state = open_change()
-    apply_timeout(state, "tok-1", 1_000, LEASE_MS)
+    apply_timeout(state, "ctl:0:1")
     assert apply_part(state, part(2, ["cat", "dan"])) == Emission((("dan", "evt-2"),), complete=False, late=True)
     assert apply_part(state, part(1, ["cat", "bob"])) == Emission((), complete=False, late=True)  # replay
 
 
 def test_a_final_part_after_the_timeout_is_late_and_does_not_close_the_change():
     state = open_change()
-    apply_timeout(state, "tok-1", 1_000, LEASE_MS)
+    apply_timeout(state, "ctl:0:1")
     emission = apply_part(state, part(2, ["ann", "eve"], final=True))
     assert emission == Emission((("eve", "evt-2"),), complete=False, late=True)
     assert state.final_tag is None
 
 
-def test_timeout_of_a_change_closed_by_its_final_part_is_done():
+def test_a_timeout_command_for_a_closed_change_emits_nothing():
     state = open_change()
     apply_part(state, part(2, ["dan"], final=True))
-    assert apply_timeout(state, "tok-1", 1_000, LEASE_MS) is TimeoutOutcome.DONE
-    assert (state.timed_out, state.lease) == (False, None)
+    assert apply_timeout(state, "ctl:0:1") is None
+    assert state.timeout_tag is None
+    other = open_change()
+    apply_timeout(other, "ctl:0:1")
+    assert apply_timeout(other, "ctl:0:2") is None  # a second command (another scan): the change is closed
 
 
-def test_timeout_after_confirm_is_done():
+def test_a_retried_timeout_command_re_emits_the_same_users_not_busy():
+    """Defect 7: the retry of a flush is the same message, so it recognises its own claims (the lease design saw
+    its own earlier lease as another worker's and emitted nothing)."""
     state = open_change()
-    apply_timeout(state, "tok-1", 1_000, LEASE_MS)
-    confirm_timeout(state, "tok-1")
-    assert (state.lease, state.lease_until_ms) == (None, 0)
-    assert apply_timeout(state, "tok-1", 1_010, LEASE_MS) is TimeoutOutcome.DONE
-    assert apply_timeout(state, "tok-2", 9_999, LEASE_MS) is TimeoutOutcome.DONE
-
-
-def test_another_token_is_busy_while_the_lease_is_live():
-    state = open_change()
-    apply_timeout(state, "tok-1", 1_000, LEASE_MS)
-    assert apply_timeout(state, "tok-2", 1_000 + LEASE_MS - 1, LEASE_MS) is TimeoutOutcome.BUSY
-    assert (state.lease, state.lease_until_ms) == ("tok-1", 1_000 + LEASE_MS)
-
-
-def test_the_same_token_replaying_its_flush_re_emits_the_same_users():
-    state = open_change()
-    first = apply_timeout(state, "tok-1", 1_000, LEASE_MS)
-    apply_part(state, part(2, ["dan"]))  # late, claims dan
-    assert apply_timeout(state, "tok-1", 1_050, LEASE_MS) == first
-
-
-def test_after_the_lease_expires_a_new_token_re_emits_what_the_dead_one_claimed():
-    state = open_change()
-    dead = apply_timeout(state, "tok-1", 1_000, LEASE_MS)
+    first = apply_timeout(state, "ctl:0:1")
     assert apply_part(state, part(2, ["dan", "ann"])) == Emission((("dan", "evt-2"),), complete=False, late=True)
-    takeover = apply_timeout(state, "tok-2", 1_000 + LEASE_MS, LEASE_MS)
-    assert takeover == dead  # the dead flusher's users, none of those the late part claimed
-    assert (state.lease, state.emitted["ann"], state.emitted["dan"]) == ("tok-2", "tok-2", "in:0:2")
+    assert apply_timeout(state, "ctl:0:1") == first == Emission(COLLECTED, complete=False, late=False)
+    assert (state.emitted["ann"], state.emitted["dan"]) == ("ctl:0:1", "in:0:2")
 
 
-def test_confirm_with_a_stale_token_does_nothing():
-    state = open_change()
-    apply_timeout(state, "tok-1", 1_000, LEASE_MS)
-    apply_timeout(state, "tok-2", 2_000, LEASE_MS)
-    confirm_timeout(state, "tok-1")
-    assert (state.lease, state.lease_until_ms) == ("tok-2", 2_000 + LEASE_MS)
-    assert apply_timeout(state, "tok-3", 2_050, LEASE_MS) is TimeoutOutcome.BUSY
-    confirm_timeout(state, "tok-2")
-    assert apply_timeout(state, "tok-3", 2_050, LEASE_MS) is TimeoutOutcome.DONE
+# --- chunks ---------------------------------------------------------------------------------------------------
 
 
-def test_confirm_before_any_timeout_does_nothing():
-    state = open_change()
-    confirm_timeout(state, "tok-1")
-    assert apply_timeout(state, "tok-1", 1_000, LEASE_MS) == Emission(COLLECTED, complete=False, late=False)
+def test_a_close_emits_one_chunk_and_says_where_the_next_starts():
+    state = ChangeState()
+    assert apply_part(state, part(0, ["ann", "bob", "cat", "dan", "eve"]), chunk=2) is None
+    first = apply_part(state, part(1, ["fay"], final=True), chunk=2)
+    assert first == Emission((("ann", "evt-0"), ("bob", "evt-0")), complete=True, late=False, next_cursor=2)
+    second = apply_continue(state, "ctl:0:7", 2, chunk=2)
+    assert second == Emission((("cat", "evt-0"), ("dan", "evt-0")), complete=True, late=False, next_cursor=4)
+    assert apply_continue(state, "ctl:0:8", 2, chunk=2) is None  # a copy of the first continue command
+    assert apply_continue(state, "ctl:0:7", 2, chunk=2) == second  # its replay
+    assert apply_part(state, part(1, ["fay"], final=True), chunk=2) == first  # the final part's replay
+    last = apply_continue(state, "ctl:0:9", 4, chunk=2)
+    assert last == Emission((("eve", "evt-0"), ("fay", "evt-1")), complete=True, late=False, next_cursor=None)
+    assert apply_continue(state, "ctl:0:10", 6, chunk=2) is None  # nothing left
 
 
-@st.composite
-def timed_out_changes(draw: st.DrawFn) -> tuple[list[Part], int]:
-    users = [draw(st.lists(st.sampled_from(USERS), max_size=4)) for _ in range(3)]
-    final = draw(st.sampled_from([None, 0, 1, 2]))
-    parts = [part(i, users[i], final=i == final) for i in draw(st.permutations(range(3)))]
-    return parts, draw(st.integers(0, 3))
+def test_a_late_part_during_a_chunked_close_claims_its_users_and_the_chunks_skip_them():
+    state = ChangeState()
+    apply_part(state, part(0, ["ann", "bob", "cat", "dan"]), chunk=2)
+    assert users_of(apply_timeout(state, "ctl:0:1", chunk=2)) == ["ann", "bob"]
+    assert apply_part(state, part(1, ["dan", "eve"]), chunk=2) == Emission(
+        (("dan", "evt-0"), ("eve", "evt-1")), complete=False, late=True
+    )
+    assert apply_continue(state, "ctl:0:2", 2, chunk=2) == Emission((("cat", "evt-0"),), complete=False, late=False)
+
+
+def test_a_replayed_chunk_covers_the_same_range_even_with_another_chunk_size():
+    state = ChangeState()
+    apply_part(state, part(0, ["ann", "bob", "cat"]), chunk=1)
+    first = apply_timeout(state, "ctl:0:1", chunk=1)
+    assert first == Emission((("ann", "evt-0"),), complete=False, late=False, next_cursor=1)
+    assert apply_timeout(state, "ctl:0:1", chunk=3) == first  # a worker of another version replays it
+
+
+# --- hypothesis: a change through a worker group ----------------------------------------------------------------
+
+
+@dataclass
+class Group:
+    """What Kafka and the worker group do to one change: messages are processed and their output commits, or
+    aborts (their Redis writes stay; the same position is processed again later); committed continuations and
+    timeout commands are delivered at new control positions."""
+
+    chunk: int
+    state: ChangeState = field(default_factory=ChangeState)
+    committed: list[tuple[str, str, bool]] = field(default_factory=list)  # (user, tag, late) in committed outputs
+    aborted: dict[str, tuple[str, object]] = field(default_factory=dict)  # tag -> message to process again
+    inbox: list[int] = field(default_factory=list)  # continue cursors sent by committed outputs
+    positions: itertools.count[int] = field(default_factory=itertools.count)
+    done: set[str] = field(default_factory=set)  # committed positions: Kafka never delivers them again
+    known: bool = False  # a part was seen: the store knows the change (a command for an unknown one does nothing)
+
+    def run(self, tag: str, message: object, commit: bool) -> None:
+        if tag in self.done or (not self.known and not isinstance(message, Part)):
+            return
+        if isinstance(message, Part):
+            self.known = True
+            emission = apply_part(self.state, message, self.chunk)
+        elif message is None:
+            emission = apply_timeout(self.state, tag, self.chunk)
+        else:
+            assert isinstance(message, int)
+            emission = apply_continue(self.state, tag, message, self.chunk)
+        if not commit:
+            self.aborted[tag] = ("", message)
+            return
+        self.aborted.pop(tag, None)
+        self.done.add(tag)
+        if emission is not None:
+            assert len(emission.users) <= max(self.chunk, len(message.users) if isinstance(message, Part) else 0)
+            self.committed += [(user, tag, emission.late) for user, _ in emission.users]
+            if emission.next_cursor is not None:
+                self.inbox.append(emission.next_cursor)
+
+    def control_tag(self) -> str:
+        return f"ctl:0:{next(self.positions)}"
 
 
 @FAST
-@given(timed_out_changes())
-def test_timeout_at_any_point_emits_each_user_once_and_a_takeover_re_emits_the_dead_flush(change):
-    parts, cut = change
-    state = ChangeState()
-    carriers: dict[str, str] = {}
-    for early in parts[:cut]:
-        for user in early.users:
-            carriers.setdefault(user, early.event_id)
-        apply_part(state, early)
+@given(
+    chunk=st.integers(1, 3),
+    users=st.lists(st.lists(st.sampled_from(USERS), max_size=4), min_size=3, max_size=3),
+    final=st.sampled_from([None, 0, 1, 2]),
+    steps=st.lists(
+        st.tuples(st.sampled_from(["part", "copy", "timeout", "continue", "replay"]), st.integers(0, 9), st.booleans()),
+        max_size=25,
+    ),
+)
+def test_every_user_is_committed_exactly_once_whatever_aborts_replays_copies_and_commands(chunk, users, final, steps):
+    group = Group(chunk)
+    parts = [part(i, users[i], final=i == final) for i in range(3)]
+    for kind, index, commit in steps:
+        if kind in ("part", "copy"):
+            delivered = (
+                parts[index % 3] if kind == "part" else replace(parts[index % 3], tag=f"in:{1 + index}:{index % 3}")
+            )
+            group.run(delivered.tag, delivered, commit)
+        elif kind == "timeout":  # a scan's command (every scan's is a new message)
+            group.run(group.control_tag(), None, commit)
+        elif kind == "continue" and group.inbox:
+            cursor = group.inbox.pop(index % len(group.inbox))
+            group.run(group.control_tag(), cursor, commit)
+        elif kind == "replay" and group.aborted:
+            tag = sorted(group.aborted)[index % len(group.aborted)]
+            group.run(tag, group.aborted[tag][1], commit)
+    while group.aborted or group.inbox:  # the end: every position commits once, every command is delivered
+        if group.aborted:
+            tag = min(group.aborted)
+            group.run(tag, group.aborted[tag][1], True)
+        else:
+            group.run(group.control_tag(), group.inbox.pop(0), True)
 
-    flush = apply_timeout(state, "tok-1", 1_000, LEASE_MS)
-    if any(early.final for early in parts[:cut]):
-        assert flush is TimeoutOutcome.DONE
-        return
-    assert flush == Emission(tuple(sorted(carriers.items())), complete=False, late=False)
-
-    claimed = dict.fromkeys(users_of(flush), "tok-1")
-    for late in parts[cut:]:
-        emission = apply_part(state, late)
-        assert emission is not None and (emission.late, emission.complete) == (True, False)
-        assert set(users_of(emission)) == set(late.users) - set(claimed)
-        for user in users_of(emission):
-            claimed[user] = late.tag
-    assert set(claimed) == {user for p in parts for user in p.users}
-
-    assert apply_timeout(state, "tok-2", 1_000 + LEASE_MS - 1, LEASE_MS) is TimeoutOutcome.BUSY
-    takeover = apply_timeout(state, "tok-2", 1_000 + LEASE_MS, LEASE_MS)
-    assert takeover == flush
-    confirm_timeout(state, "tok-1")  # stale
-    assert apply_timeout(state, "tok-3", 1_000 + LEASE_MS + 1, LEASE_MS) is TimeoutOutcome.BUSY
-    confirm_timeout(state, "tok-2")
-    assert apply_timeout(state, "tok-3", 1_000 + LEASE_MS + 1, LEASE_MS) is TimeoutOutcome.DONE
+    emitted = [user for user, _, _ in group.committed]
+    assert len(emitted) == len(set(emitted)), "a user committed twice"
+    if group.state.closed:
+        delivered_users = set(group.state.users)
+        assert set(emitted) == delivered_users, "a user of the change never committed"
+    else:
+        assert emitted == []

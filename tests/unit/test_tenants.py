@@ -1,5 +1,5 @@
 """Tenant group limits: which records change a tenant's count, the bounded top-N gauge labels, publishing to
-Prometheus, and the Processor's counting step (with in-memory stand-ins for the Redis stores)."""
+Prometheus, and the Processor's counting step (on the in-memory stores)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from worker.dedupe import dedupe_key
-from worker.models import Event
 from worker.pipeline import Processor
+from worker.stores import MemoryChangeStore, MemoryDedupe, MemoryTenantGroups
 from worker.tenants import (
     GROUP_LIMIT,
     GroupCount,
@@ -153,34 +152,14 @@ class FakeMessage:
         return self._headers
 
 
-class FakeDeduper:
-    def __init__(self) -> None:
-        self.claims: dict[str, str] = {}
+class CountingTenantGroups(MemoryTenantGroups):
+    """The in-memory store, counting its calls (each is one round trip in Redis)."""
 
-    def claim(self, claims: Sequence[tuple[Event, str]]) -> list[bool]:
-        return [self.claims.setdefault(dedupe_key(event), tag) == tag for event, tag in claims]
-
-
-class FakeChanges:
-    def apply_parts(self, parts: Sequence[Any], now_ms: int) -> list[None]:
-        return [None] * len(parts)
-
-
-class FakeTenantGroups:
-    """The Lua script's rules on Python sets."""
-
-    def __init__(self, start: dict[str, set[str]] | None = None) -> None:
-        self.sets = start or {}
-        self.calls = 0
+    calls: int = 0
 
     def apply(self, changes: Sequence[GroupCount]) -> list[int]:
         self.calls += 1
-        sizes = []
-        for change in changes:
-            groups = self.sets.setdefault(change.tenant_id, set())
-            (groups.add if change.created else groups.discard)(change.group_id)
-            sizes.append(len(groups))
-        return sizes
+        return super().apply(changes)
 
 
 def cloudevent(event_id: str, kind: str, group: str, tenant: str = "t-1") -> bytes:
@@ -209,18 +188,19 @@ def webhook(event_id: str, action: str, group: str, tenant: str = "t-1") -> byte
     return orjson.dumps({**message, "data": data})
 
 
-def processor(tenants: FakeTenantGroups | None) -> Processor:
+def processor(tenants: MemoryTenantGroups | None) -> Processor:
     return Processor(
-        FakeDeduper(),  # type: ignore[arg-type]
-        FakeChanges(),  # type: ignore[arg-type]
+        MemoryDedupe(),
+        MemoryChangeStore(timeout_ms=1_000, resend_ms=1_000),
         output_topic="out",
         dlq_topic="dlq",
-        tenants=tenants,  # type: ignore[arg-type]
+        control_topic="control",
+        tenants=tenants,
     )
 
 
 def test_both_formats_count_into_one_set_and_duplicates_do_not_count():
-    tenants = FakeTenantGroups()
+    tenants = CountingTenantGroups()
     p = processor(tenants)
     values = [
         cloudevent("ce-1", "created", "g1"),
@@ -231,10 +211,10 @@ def test_both_formats_count_into_one_set_and_duplicates_do_not_count():
         webhook("ums-3", "Delete", "g1"),
         cloudevent("ce-3", "created", "g9", tenant="t-2"),
     ]
-    result = p.process([FakeMessage(i, v) for i, v in enumerate(values)])
+    result = p.process([FakeMessage(i, v) for i, v in enumerate(values)], 0)
 
     assert tenants.calls == 1  # one round trip for the batch
-    assert tenants.sets == {"t-1": {"g2"}, "t-2": {"g9"}}
+    assert tenants.groups == {"t-1": {"g2"}, "t-2": {"g9"}}
     assert result.tenant_groups == {"t-1": 1, "t-2": 1}
     assert result.tenant_limit_exceeded == 0
     assert result.events["UserGroup", "duplicate"] == 1
@@ -242,16 +222,16 @@ def test_both_formats_count_into_one_set_and_duplicates_do_not_count():
 
 
 def test_a_batch_without_creations_or_deletions_makes_no_round_trip():
-    tenants = FakeTenantGroups()
+    tenants = CountingTenantGroups()
     result = processor(tenants).process(
-        [FakeMessage(0, cloudevent("ce-1", "updated", "g1")), FakeMessage(1, webhook("u-1", "Update", "g1"))]
+        [FakeMessage(0, cloudevent("ce-1", "updated", "g1")), FakeMessage(1, webhook("u-1", "Update", "g1"))], 0
     )
     assert tenants.calls == 0 and result.tenant_groups == {}
 
 
 def test_creations_above_the_limit_are_counted_in_the_result_and_logged():
     full = {f"g{i}" for i in range(GROUP_LIMIT - 1)}
-    tenants = FakeTenantGroups({"t-1": set(full)})
+    tenants = CountingTenantGroups({"t-1": set(full)})
     values = [
         webhook("u-1", "Create", "new-1"),  # 10,000: at the limit
         cloudevent("ce-1", "created", "new-2"),  # 10,001: above
@@ -259,7 +239,7 @@ def test_creations_above_the_limit_are_counted_in_the_result_and_logged():
         webhook("u-3", "Delete", "new-2"),
     ]
     with capture_logs() as logs:
-        result = processor(tenants).process([FakeMessage(i, v) for i, v in enumerate(values)])
+        result = processor(tenants).process([FakeMessage(i, v) for i, v in enumerate(values)], 0)
 
     assert result.tenant_limit_exceeded == 2
     assert result.tenant_groups == {"t-1": GROUP_LIMIT}
@@ -272,5 +252,5 @@ def test_creations_above_the_limit_are_counted_in_the_result_and_logged():
 
 
 def test_without_a_tenant_store_nothing_is_counted():
-    result = processor(None).process([FakeMessage(0, cloudevent("ce-1", "created", "g1"))])
+    result = processor(None).process([FakeMessage(0, cloudevent("ce-1", "created", "g1"))], 0)
     assert result.tenant_groups == {} and result.tenant_limit_exceeded == 0
