@@ -1,4 +1,5 @@
-"""`make bench-ingest`: the webhook ingest (`python -m worker ingest`) under load, on the embedded Tansu broker.
+"""`make bench-ingest`: the webhook ingest (`python -m worker ingest`) under load, on the embedded broker
+(Apache Kafka where Java is present, else Tansu: `WORKER_LOCAL_BROKER` picks, as for `make run`).
 
 1. Saturation: `wrk` (Debian package `wrk`) posts signed 1 KB CloudEvents as fast as the endpoint answers,
    over 64 keep-alive connections, cycling through 256 distinct bodies (256 keys, so every partition works).
@@ -38,6 +39,7 @@ PARTITIONS = 4
 BODY_BYTES = 1024
 BODIES = 256
 RESULTS = Path(__file__).parent / "RESULTS-ingest.md"
+BROKER_NAMES = {"kafka": "Apache Kafka", "tansu": "Tansu"}
 
 
 def body(index: int) -> bytes:
@@ -182,11 +184,11 @@ def main(argv: list[str] | None = None) -> int:
             ingest.stop()
         kafka.stop()
         shutil.rmtree(directory, ignore_errors=True)
-    report(result, args.seconds)
+    report(result, args.seconds, BROKER_NAMES.get(kafka.kind, kafka.kind))
     return 0 if result.saturation_non_2xx == 0 and result.fixed_non_202 == 0 else 1
 
 
-def report(result: Result, seconds: int) -> None:
+def report(result: Result, seconds: int, broker: str) -> None:
     rows = [
         ("accepted requests/s at saturation (wrk, 64 connections)", f"{result.saturation_accepted_per_s:,.0f}"),
         ("p99 at saturation", f"{result.saturation_p99_ms} ms"),
@@ -201,11 +203,11 @@ def report(result: Result, seconds: int) -> None:
     RESULTS.write_text(
         "# Ingest benchmark\n\n"
         f"`make bench-ingest`: signed {BODY_BYTES}-byte CloudEvents posted to `python -m worker ingest` on the "
-        f"embedded Tansu broker ({PARTITIONS} partitions), {seconds} s per run, load generator, endpoint and "
+        f"embedded {broker} broker ({PARTITIONS} partitions), {seconds} s per run, load generator, endpoint and "
         "broker on the same 2 cores. Method: bench/ingest.py.\n\n" + table + "\n"
     )
     print(table)
-    print(json.dumps({"bench": "ingest", **asdict(result)}))
+    print(json.dumps({"bench": "ingest", "broker": broker, **asdict(result)}))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ How a delivery report reaches a request:
    see README "Receiving events from Qlik Cloud").
 
 A producer that stays broken never delivers again: a fatal error (librdkafka: the idempotence state cannot be
-recovered), or a delivery report saying its producer id or epoch is no longer valid (seen after a broker
+recovered), or a delivery report saying its producer id or epoch is no longer valid (seen on Tansu after a
 pause: records timed out in flight, the producer bumped its epoch, and the broker fenced it for good). The poll
 thread replaces it with a new one and purges the old one, whose pending requests get 503.
 """
