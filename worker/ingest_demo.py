@@ -84,5 +84,6 @@ def post_samples(beside: Beside) -> list[tuple[Sample, Answer]]:
     for sample in samples():
         body, content_type = webhook_form(sample)
         answer = post(beside.ingest.webhook_url, body, beside.secret, content_type)
-        sent.append((Sample(sample.partition, body, [("content-type", content_type)], sample.note), answer))
+        note = sample.note if body == sample.value else f"{sample.note}, posted as one structured event"
+        sent.append((Sample(sample.partition, body, [("content-type", content_type)], note), answer))
     return sent
