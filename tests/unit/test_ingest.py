@@ -22,6 +22,7 @@ from confluent_kafka import KafkaError, KafkaException
 from hypothesis import HealthCheck, settings
 from starlette.testclient import TestClient
 
+from tests.support.kafka_fakes import FakeMessage
 from worker import ingest_metrics
 from worker.config import Settings
 from worker.ingest import WEBHOOK_PATH, build_app, refusal
@@ -32,22 +33,6 @@ from worker.samples import seed_example
 SECRET = "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t"
 OLD_SECRET = "old-old-old-old-old-old-old-old-old"
 TOPIC = "qlik.group-events"
-
-
-@dataclass
-class FakeMessage:
-    _topic: str
-    _partition: int
-    _offset: int
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
 
 
 @dataclass
