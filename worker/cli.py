@@ -73,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from worker.supervisor import Supervisor, container_processes
 
     logs.configure(os.environ.get("WORKER_LOG_LEVEL", "INFO").upper())
-    with _stack(args.embedded) as settings:
+    with _stack(args.embedded) as settings, _ingest_beside(args.embedded, settings):
         if (processes := container_processes(settings.processes)) > 1:
             return Supervisor(settings, processes).run()
         try:
@@ -88,6 +88,33 @@ def cmd_run(args: argparse.Namespace) -> int:
         finally:
             server.stop()
     return 0
+
+
+@contextmanager
+def _ingest_beside(embed: bool, settings: Settings) -> Iterator[None]:
+    """With --embedded: the webhook ingest too, its curl line, and the records printed as they come out."""
+    if not embed:
+        yield
+        return
+    from worker.ingest_demo import curl_hint, follow_records, ingest_beside
+
+    stop = threading.Event()
+    with ingest_beside() as beside:
+        print(curl_hint(beside), flush=True)
+        follower = threading.Thread(target=follow_records, args=(settings, stop), name="records", daemon=True)
+        follower.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            follower.join(5)
+
+
+def cmd_ingest(_args: argparse.Namespace) -> int:
+    from worker.ingest import serve
+
+    logs.configure(os.environ.get("WORKER_LOG_LEVEL", "INFO").upper())
+    return serve(load_settings())
 
 
 def cmd_sample_events(_args: argparse.Namespace) -> int:
@@ -111,20 +138,21 @@ def send_samples(settings: Settings) -> None:
 
 
 def cmd_demo(_args: argparse.Namespace) -> int:
-    """Embedded stack + worker + sample events; print what comes out, then stop everything."""
+    """Embedded stack + worker + ingest; the sample events posted as signed webhooks; print what comes out."""
     from worker import app
+    from worker.ingest_demo import ingest_beside, post_samples
 
     logs.configure("WARNING")
-    want_records, want_dlq = expected_counts()
-    with _stack(embed=True) as settings:
+    with _stack(embed=True) as settings, ingest_beside("WARNING") as beside:
         worker = app.build(settings).loop
         runner = threading.Thread(target=worker.run, name="worker")
         runner.start()
         try:
-            send_samples(settings)
-            print(f"sent {len(samples())} messages:")
-            for sample in samples():
-                print(f"  - {sample.note}")
+            sent = post_samples(beside)
+            print(f"posted {len(sent)} signed webhooks to {beside.ingest.webhook_url}:")
+            for sample, answer in sent:
+                print(f"  - {sample.note}: {answer.status} {orjson.dumps(answer.body).decode()}")
+            want_records, want_dlq = expected_counts([sample for sample, answer in sent if answer.status == 202])
             records, dead = read_outputs(settings, expected_records=want_records, expected_dlq=want_dlq, timeout=90)
         finally:
             worker.stop()
@@ -280,7 +308,10 @@ def _redrive_arguments(parser: argparse.ArgumentParser) -> None:
 
 COMMANDS: dict[str, Command | Group] = {
     "run": Command(cmd_run, "run the worker until SIGTERM/SIGINT", _run_arguments),
-    "demo": Command(cmd_demo, "embedded stack + worker + sample events: print the records and DLQ entries, then exit"),
+    "ingest": Command(cmd_ingest, "serve the signed Qlik Cloud webhook endpoint that puts events on the ingest topic"),
+    "demo": Command(
+        cmd_demo, "embedded stack + worker + ingest, sample events posted as webhooks: print what comes out, exit"
+    ),
     "sample-events": Command(cmd_sample_events, "send the sample events to the first input topic and exit"),
     "check": Command(
         cmd_check,

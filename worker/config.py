@@ -11,7 +11,7 @@ import socket
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.decode import Format
@@ -113,6 +113,19 @@ class Settings(BaseSettings):
     # "topic=ums,other=cloudevents": input topics whose format is fixed; the others detect it per message.
     topic_formats: Annotated[dict[str, Format], NoDecode] = {}
 
+    # ---- `python -m worker ingest`: the signed webhook endpoint (worker/ingest.py) ----
+    ingest_port: int = Field(8080, ge=0, le=65535)
+    ingest_topic: str = ""  # empty: the first of input_topics
+    # Comma-separated; a request is accepted when its signature matches any of them (rotation without downtime).
+    ingest_secrets: Annotated[list[SecretStr], NoDecode] = []
+    # Only with no secret configured: accept requests without checking a signature (a trusted test setup).
+    ingest_allow_unsigned: bool = False
+    ingest_max_body_bytes: int = Field(1024 * 1024, gt=0)
+    ingest_delivery_timeout_ms: int = Field(5000, ge=100, le=300_000)
+    # A plain deployment's own TLS; in Kubernetes the ingress terminates it. Both or neither.
+    ingest_tls_certfile: str = ""
+    ingest_tls_keyfile: str = Field("", validate_default=True)
+
     @field_validator("input_topics", mode="before")
     @classmethod
     def _split_topics(cls, value: object) -> object:
@@ -134,6 +147,18 @@ class Settings(BaseSettings):
             raise ValueError(f"not an input topic (WORKER_INPUT_TOPICS): {', '.join(sorted(unknown))}")
         return value
 
+    @field_validator("ingest_secrets", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        return [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
+
+    @field_validator("ingest_tls_keyfile")
+    @classmethod
+    def _tls_pair(cls, value: str, info: ValidationInfo) -> str:
+        if bool(value) != bool(info.data.get("ingest_tls_certfile")):
+            raise ValueError("set WORKER_INGEST_TLS_CERTFILE and WORKER_INGEST_TLS_KEYFILE together, or neither")
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
@@ -143,6 +168,10 @@ class Settings(BaseSettings):
     def subscribed_topics(self) -> list[str]:
         """What the consumer group reads: the input topics and the control topic."""
         return [*self.input_topics, self.control_topic]
+
+    @property
+    def effective_ingest_topic(self) -> str:
+        return self.ingest_topic or self.input_topics[0]
 
     def kafka_overrides(self, role: Role = "any", environ: Mapping[str, str] | None = None) -> dict[str, str]:
         """librdkafka settings from `WORKER_KAFKA_*` (bootstrap servers included), without the ones the other

@@ -20,4 +20,4 @@ def test_demo_runs_on_tansu() -> None:
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "\n11 records on group-membership-changes:" in done.stdout
-    assert "\n1 messages on qlik.group-events.dlq:" in done.stdout
+    assert "\n0 messages on qlik.group-events.dlq:" in done.stdout  # the poison sample is refused by the ingest
