@@ -214,7 +214,10 @@ def test_help_and_version(built_image: BuiltImage, container: Any) -> None:
 def test_validate_a_seed_event(built_image: BuiltImage, container: Any) -> None:
     code, out = run_to_end(container(), entrypoint(built_image, "validate", "-"), SEED.read_bytes())
     assert code == 0, out
-    record = orjson.loads(out.splitlines()[0])
+    # The container's stdout and stderr come as one stream: the records (stdout) and the summary (stderr).
+    records = [orjson.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert len(records) == 1 and "1 events (1 valid" in out, out
+    record = records[0]
     assert record["schema"] == "group_change/v1"
     assert record["event_id"] == json.loads(SEED.read_text())["id"]
 
