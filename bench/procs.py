@@ -137,6 +137,12 @@ class Child:
             return ""
 
 
+def control_topic(group: str) -> str:
+    """The control topic of one worker run: its own, so no run reads another's timeout or continue commands
+    (the worker subscribes to it next to the input; it must exist before the worker starts)."""
+    return f"{group}-control"
+
+
 def start_worker(
     name: str,
     *,
@@ -159,6 +165,7 @@ def start_worker(
         "WORKER_OUTPUT_TOPIC": output_topic,
         "WORKER_DLQ_TOPIC": dlq_topic,
         "WORKER_GROUP_ID": group,
+        "WORKER_CONTROL_TOPIC": control_topic(group),
         "WORKER_PROCESSING_GUARANTEE": guarantee,
         "WORKER_TRANSACTIONAL_ID": f"{group}-0",
         "WORKER_METRICS_PORT": str(port),

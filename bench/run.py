@@ -24,7 +24,7 @@ import redis as redis_py
 from bench import latency as latency_mod
 from bench import profile as profile_mod
 from bench.kafka_io import CommitWatcher, CorpusMessage, ReadBack, produce_all, read_back
-from bench.procs import Child, Profiler, cpu_seconds, peak_rss_mb, start_passthrough, start_worker
+from bench.procs import Child, Profiler, control_topic, cpu_seconds, peak_rss_mb, start_passthrough, start_worker
 from bench.report import Produced, Results, Run
 from tests.support.corpus import generate
 from worker.config import Settings
@@ -158,7 +158,7 @@ def throughput_run(st: Stack, results: Results, corpus: Corpus, name: str, *, pr
     Its output is checked later (`Pending.verify`), so that reading it back does not delay the next run."""
     tag = f"{corpus.name}-{name}{'-profiled' if profile else ''}".replace("_", "-")
     group, output, dlq = f"bench-{tag}", f"bench-{tag}-out", f"bench-{tag}-dlq"
-    create_topics(st.bootstrap, {output: PARTITIONS, dlq: 1})
+    create_topics(st.bootstrap, {output: PARTITIONS, dlq: 1, control_topic(group): 1})
     log_path = st.workdir / f"{tag}.log"
     run = Run(corpus.name, name, len(corpus.messages))
     say(f"run {tag}: starting")
@@ -278,7 +278,8 @@ def latency_run(
     label = label or name
     tag = "latency-" + "".join(c if c.isalnum() else "-" for c in label)
     input_topic, output, dlq, group = f"bench-{tag}-in", f"bench-{tag}-out", f"bench-{tag}-dlq", f"bench-{tag}"
-    create_topics(st.bootstrap, {input_topic: PARTITIONS, output: PARTITIONS, dlq: 1, latency_mod.WARM_UP_TOPIC: 1})
+    topics = {input_topic: PARTITIONS, output: PARTITIONS, dlq: 1, control_topic(group): 1}
+    create_topics(st.bootstrap, {**topics, latency_mod.WARM_UP_TOPIC: 1})
     log_path = st.workdir / f"{tag}.log"
     say(f"run {tag}: {rate:,.0f} msg/s for {seconds:g}s")
     child = st.start(
