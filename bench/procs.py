@@ -59,9 +59,18 @@ class Child:
     port: int | None = None  # metrics port (the worker)
 
     @classmethod
-    def start(cls, name: str, command: list[str], env: dict[str, str], log_path: Path, port: int | None) -> Child:
+    def start(
+        cls,
+        name: str,
+        command: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        port: int | None,
+        cwd: Path | None = None,
+    ) -> Child:
+        """`cwd`: where `python -m` finds the packages first (another checkout), else this directory."""
         with log_path.open("ab") as log:
-            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
         return cls(name, process, log_path, port)
 
     @property
@@ -155,7 +164,9 @@ def start_worker(
     guarantee: str,
     log_path: Path,
     extra_env: dict[str, str] | None = None,
+    root: Path | None = None,
 ) -> Child:
+    """`root`: another checkout to run the worker from (its `worker` and `bench` packages), else this one."""
     port = free_port()
     env = {
         **clean_environ(),
@@ -174,7 +185,7 @@ def start_worker(
         **(extra_env or {}),
     }
     command = [sys.executable, "-m", "bench.counted_worker", "run"]
-    return Child.start(name, command, env, log_path, port)
+    return Child.start(name, command, env, log_path, port, root)
 
 
 def start_passthrough(

@@ -65,6 +65,7 @@ class Stack:
     workdir: Path
     client: redis_py.Redis
     worker_env: dict[str, str] = field(default_factory=dict)  # --worker-env: for every worker run
+    worker_root: Path | None = None  # --worker-root: the checkout the worker runs from
 
     @property
     def bootstrap(self) -> str:
@@ -114,6 +115,7 @@ class Stack:
             guarantee=name,
             log_path=log_path,
             extra_env={**self.worker_env, **(extra_env or {})},
+            root=self.worker_root,
         )
 
 
@@ -365,6 +367,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="an extra WORKER_* setting for every worker run (repeatable), e.g. WORKER_BATCH_SIZE=200",
     )
+    parser.add_argument(
+        "--worker-root",
+        type=Path,
+        metavar="DIR",
+        help="run the worker (python -m bench.counted_worker) from another checkout, to compare it with this one",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the work directory with every log")
     parser.add_argument("--output", type=Path, help="results file (default bench/RESULTS.md or RESULTS-quick.md)")
     args = parser.parse_args(argv)
@@ -383,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         "partitions": PARTITIONS,
         "default guarantee": guarantee,
         **({"worker settings": " ".join(args.worker_env)} if args.worker_env else {}),
+        **({"worker from": str(args.worker_root)} if args.worker_root else {}),
     }
     command = " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])])
 
@@ -400,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     pending: list[Pending] = []
     with stack(args.keep_logs) as st:
         st.worker_env.update(worker_env)
+        st.worker_root = args.worker_root
         say(f"stack: kafka {st.bootstrap}, redis {st.redis.address}, logs {st.workdir}")
         for corpus in (flat, fanout):
             create_topics(st.bootstrap, {corpus.topic: PARTITIONS})
