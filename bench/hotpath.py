@@ -50,6 +50,7 @@ def work(api: dict[str, ModuleType], messages: Sequence[Message]) -> int:
     event_type, users_modified = api["models"].Event, api["models"].UsersModified
     records_mod: Any = api["records"]
     change_info, membership_change = records_mod.change_info, records_mod.membership_change
+    membership_records = getattr(records_mod, "MembershipRecords", None)  # absent in checkouts before it
     group_change, record_key, encode = records_mod.group_change, records_mod.record_key, records_mod.encode
     records = 0
     for value, headers in messages:
@@ -59,11 +60,16 @@ def work(api: dict[str, ModuleType], messages: Sequence[Message]) -> int:
         if isinstance(decoded.data, users_modified):
             info = change_info(decoded)
             event_id = decoded.envelope.id
-            for user in decoded.data.affected_users:
-                record = membership_change(info, user, event_id, complete=True, late=False)
-                record_key(record)
-                encode(record)
-                records += 1
+            if membership_records is None:
+                for user in decoded.data.affected_users:
+                    record = membership_change(info, user, event_id, complete=True, late=False)
+                    record_key(record)
+                    encode(record)
+            else:
+                built = membership_records(info, complete=True, late=False)
+                for user in decoded.data.affected_users:
+                    built.value(user, event_id)
+            records += len(decoded.data.affected_users)
         else:
             group = group_change(decoded)
             record_key(group)

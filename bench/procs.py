@@ -59,9 +59,18 @@ class Child:
     port: int | None = None  # metrics port (the worker)
 
     @classmethod
-    def start(cls, name: str, command: list[str], env: dict[str, str], log_path: Path, port: int | None) -> Child:
+    def start(
+        cls,
+        name: str,
+        command: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        port: int | None,
+        cwd: Path | None = None,
+    ) -> Child:
+        """`cwd`: where `python -m` finds the packages first (another checkout), else this directory."""
         with log_path.open("ab") as log:
-            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
         return cls(name, process, log_path, port)
 
     @property
@@ -137,6 +146,12 @@ class Child:
             return ""
 
 
+def control_topic(group: str) -> str:
+    """The control topic of one worker run: its own, so no run reads another's timeout or continue commands
+    (the worker subscribes to it next to the input; it must exist before the worker starts)."""
+    return f"{group}-control"
+
+
 def start_worker(
     name: str,
     *,
@@ -149,7 +164,9 @@ def start_worker(
     guarantee: str,
     log_path: Path,
     extra_env: dict[str, str] | None = None,
+    root: Path | None = None,
 ) -> Child:
+    """`root`: another checkout to run the worker from (its `worker` and `bench` packages), else this one."""
     port = free_port()
     env = {
         **clean_environ(),
@@ -159,6 +176,7 @@ def start_worker(
         "WORKER_OUTPUT_TOPIC": output_topic,
         "WORKER_DLQ_TOPIC": dlq_topic,
         "WORKER_GROUP_ID": group,
+        "WORKER_CONTROL_TOPIC": control_topic(group),
         "WORKER_PROCESSING_GUARANTEE": guarantee,
         "WORKER_TRANSACTIONAL_ID": f"{group}-0",
         "WORKER_METRICS_PORT": str(port),
@@ -167,7 +185,7 @@ def start_worker(
         **(extra_env or {}),
     }
     command = [sys.executable, "-m", "bench.counted_worker", "run"]
-    return Child.start(name, command, env, log_path, port)
+    return Child.start(name, command, env, log_path, port, root)
 
 
 def start_passthrough(

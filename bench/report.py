@@ -313,9 +313,10 @@ class Results:
 METHOD = """## Method
 
 - One local broker (see "broker" below: Apache Kafka in KRaft mode where Java is present, else Tansu) and one
-  private redis-server on 127.0.0.1, started by the benchmark; every run on
-  the same pre-produced input topic (4 partitions) of its corpus, with a fresh consumer group, output topic
-  (4 partitions) and DLQ topic; Redis is flushed (`FLUSHALL`, `CONFIG RESETSTAT`) before each worker run.
+  private redis-server on 127.0.0.1, started by the benchmark; every run on the same pre-produced input topic
+  (4 partitions) of its corpus, with a fresh consumer group, output topic (4 partitions), DLQ topic and control
+  topic (`WORKER_CONTROL_TOPIC`, 1 partition); Redis is flushed (`FLUSHALL`, `CONFIG RESETSTAT`) before each
+  worker run.
 - Each run is one process: `python -m bench.passthrough` (bare consume(1000, 0.02) → produce → flush →
   commit) or the worker (`python -m bench.counted_worker run`, which is `python -m worker run` plus a Redis
   request counter). Wall time runs from the `partitions_assigned` log line to the moment the group's

@@ -24,7 +24,7 @@ import redis as redis_py
 from bench import latency as latency_mod
 from bench import profile as profile_mod
 from bench.kafka_io import CommitWatcher, CorpusMessage, ReadBack, produce_all, read_back
-from bench.procs import Child, Profiler, cpu_seconds, peak_rss_mb, start_passthrough, start_worker
+from bench.procs import Child, Profiler, control_topic, cpu_seconds, peak_rss_mb, start_passthrough, start_worker
 from bench.report import Produced, Results, Run
 from tests.support.corpus import generate
 from worker.config import Settings
@@ -65,6 +65,7 @@ class Stack:
     workdir: Path
     client: redis_py.Redis
     worker_env: dict[str, str] = field(default_factory=dict)  # --worker-env: for every worker run
+    worker_root: Path | None = None  # --worker-root: the checkout the worker runs from
 
     @property
     def bootstrap(self) -> str:
@@ -114,6 +115,7 @@ class Stack:
             guarantee=name,
             log_path=log_path,
             extra_env={**self.worker_env, **(extra_env or {})},
+            root=self.worker_root,
         )
 
 
@@ -158,7 +160,7 @@ def throughput_run(st: Stack, results: Results, corpus: Corpus, name: str, *, pr
     Its output is checked later (`Pending.verify`), so that reading it back does not delay the next run."""
     tag = f"{corpus.name}-{name}{'-profiled' if profile else ''}".replace("_", "-")
     group, output, dlq = f"bench-{tag}", f"bench-{tag}-out", f"bench-{tag}-dlq"
-    create_topics(st.bootstrap, {output: PARTITIONS, dlq: 1})
+    create_topics(st.bootstrap, {output: PARTITIONS, dlq: 1, control_topic(group): 1})
     log_path = st.workdir / f"{tag}.log"
     run = Run(corpus.name, name, len(corpus.messages))
     say(f"run {tag}: starting")
@@ -278,7 +280,8 @@ def latency_run(
     label = label or name
     tag = "latency-" + "".join(c if c.isalnum() else "-" for c in label)
     input_topic, output, dlq, group = f"bench-{tag}-in", f"bench-{tag}-out", f"bench-{tag}-dlq", f"bench-{tag}"
-    create_topics(st.bootstrap, {input_topic: PARTITIONS, output: PARTITIONS, dlq: 1, latency_mod.WARM_UP_TOPIC: 1})
+    topics = {input_topic: PARTITIONS, output: PARTITIONS, dlq: 1, control_topic(group): 1}
+    create_topics(st.bootstrap, {**topics, latency_mod.WARM_UP_TOPIC: 1})
     log_path = st.workdir / f"{tag}.log"
     say(f"run {tag}: {rate:,.0f} msg/s for {seconds:g}s")
     child = st.start(
@@ -364,6 +367,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="an extra WORKER_* setting for every worker run (repeatable), e.g. WORKER_BATCH_SIZE=200",
     )
+    parser.add_argument(
+        "--worker-root",
+        type=Path,
+        metavar="DIR",
+        help="run the worker (python -m bench.counted_worker) from another checkout, to compare it with this one",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the work directory with every log")
     parser.add_argument("--output", type=Path, help="results file (default bench/RESULTS.md or RESULTS-quick.md)")
     args = parser.parse_args(argv)
@@ -382,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         "partitions": PARTITIONS,
         "default guarantee": guarantee,
         **({"worker settings": " ".join(args.worker_env)} if args.worker_env else {}),
+        **({"worker from": str(args.worker_root)} if args.worker_root else {}),
     }
     command = " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])])
 
@@ -399,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     pending: list[Pending] = []
     with stack(args.keep_logs) as st:
         st.worker_env.update(worker_env)
+        st.worker_root = args.worker_root
         say(f"stack: kafka {st.bootstrap}, redis {st.redis.address}, logs {st.workdir}")
         for corpus in (flat, fanout):
             create_topics(st.bootstrap, {corpus.topic: PARTITIONS})

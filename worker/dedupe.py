@@ -15,12 +15,13 @@ the two steps is claimed again.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 
 from worker.models import Event
 from worker.records import digest
-from worker.redis_scripts import Client, server_version
+from worker.redis_scripts import Client, Command, pipelined, server_version
 
 ROUNDS = 3  # Redis 6: a claim found taken, then gone (expired between SET and GET), is tried again
 
@@ -50,31 +51,26 @@ class Deduper:
         if self._set_get is None:
             self._set_get = server_version(self._client) >= 7
         if self._set_get:
-            pipe = self._client.pipeline(transaction=False)
-            for key, tag in zip(keys, tags, strict=True):
-                pipe.execute_command("SET", key, tag, "NX", "GET", "EX", self._ttl, get=True)
-            return [owner is None or owner == tag for owner, tag in zip(pipe.execute(), tags, strict=True)]
+            commands = [("SET", key, tag, "NX", "GET", "EX", self._ttl) for key, tag in zip(keys, tags, strict=True)]
+            return [
+                owner is None or owner == tag for owner, tag in zip(_replies(self._client, commands), tags, strict=True)
+            ]
         return self._claim_in_two_steps(keys, tags)
 
     def _claim_in_two_steps(self, keys: list[str], tags: list[bytes]) -> list[bool]:
         owned = [False] * len(keys)
         pending: Sequence[int] = range(len(keys))
         for _ in range(ROUNDS):
-            pipe = self._client.pipeline(transaction=False)
-            for i in pending:
-                pipe.execute_command("SET", keys[i], tags[i], "NX", "EX", self._ttl)
+            claims = [("SET", keys[i], tags[i], "NX", "EX", self._ttl) for i in pending]
             taken: list[int] = []
-            for i, created in zip(pending, pipe.execute(), strict=True):
+            for i, created in zip(pending, _replies(self._client, claims), strict=True):
                 owned[i] = bool(created)
                 if not created:
                     taken.append(i)
             if not taken:
                 return owned
-            pipe = self._client.pipeline(transaction=False)
-            for i in taken:
-                pipe.get(keys[i])
             pending = []
-            for i, owner in zip(taken, pipe.execute(), strict=True):
+            for i, owner in zip(taken, _replies(self._client, [("GET", keys[i]) for i in taken]), strict=True):
                 if owner is None:
                     pending.append(i)
                 else:
@@ -82,3 +78,12 @@ class Deduper:
             if not pending:
                 return owned
         raise redis.RedisError(f"dedupe: {len(pending)} claims kept expiring between SET NX and GET")
+
+
+def _replies(client: Client, commands: Sequence[Command]) -> list[Any]:
+    """Raw replies of one pipelined round trip; the first error reply raises (a claim must not be guessed)."""
+    replies = pipelined(client, commands)
+    for reply in replies:
+        if isinstance(reply, redis.RedisError):
+            raise reply
+    return replies

@@ -132,10 +132,14 @@ class Sink:
         self._error = None
 
     def send(self, outputs: Sequence[Output]) -> None:
+        produce = self._producer.produce
         for out in outputs:
             if self._too_large and _identity(out) in self._too_large:
                 out = self._stub(out, "the topic's max.message.bytes (refused by the broker)")
-            self._produce(out)
+            try:  # the common case without the retry loop: a fan-out batch sends thousands
+                produce(out.topic, out.value, out.key, headers=out.headers)
+            except (BufferError, KafkaException):
+                self._produce(out)  # nothing was queued: the loop below waits, retries or stubs it
         self._producer.poll(0)
 
     def commit(self, offsets: list[TopicPartition]) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import structlog
 
@@ -23,13 +23,13 @@ from worker.decode import Format, Headers, Rejected, Skipped, decode
 from worker.models import DATA_MODELS, Event, UsersModified
 from worker.reassembly import Part
 from worker.records import (
+    MEMBERSHIP,
     ChangeInfo,
     GroupChange,
-    MembershipChange,
+    MembershipRecords,
     change_info,
     encode,
     group_change,
-    membership_change,
     record_key,
 )
 from worker.stores import ChangeStore, Closed, DedupeStore, TenantGroupStore
@@ -54,8 +54,10 @@ class Message(Protocol):
     def headers(self) -> Headers: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
+class Output(NamedTuple):
+    """One message to produce. A named tuple: built for every record, and a tuple is built in half the
+    time of a frozen dataclass."""
+
     topic: str
     key: bytes | None
     value: bytes | None
@@ -217,9 +219,13 @@ class Processor:
 
     def _emit_closure(self, result: BatchResult, closed: Closed) -> None:
         emission = closed.emission
-        for user, event_id in emission.users:
-            record = membership_change(closed.info, user, event_id, complete=emission.complete, late=emission.late)
-            self._emit(result, record)
+        if emission.users:
+            records = MembershipRecords(closed.info, complete=emission.complete, late=emission.late)
+            topic, key, value = self._output_topic, records.key, records.value
+            result.outputs.extend(
+                Output(topic, key, value(user, event_id), JSON_HEADERS) for user, event_id in emission.users
+            )
+            result.records[MEMBERSHIP] += len(emission.users)
         if emission.next_cursor is not None:
             self._send_command(result, control.Command(closed.info["change_id"], emission.next_cursor))
 
@@ -227,7 +233,7 @@ class Processor:
         key = command.change_id.encode()
         result.outputs.append(Output(self._control_topic, key, control.encode(command), JSON_HEADERS))
 
-    def _emit(self, result: BatchResult, record: GroupChange | MembershipChange) -> None:
+    def _emit(self, result: BatchResult, record: GroupChange) -> None:
         result.outputs.append(Output(self._output_topic, record_key(record), encode(record), JSON_HEADERS))
         result.records[record["schema"]] += 1
 

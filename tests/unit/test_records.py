@@ -6,6 +6,8 @@ import json
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 from worker.models import Event
@@ -16,6 +18,7 @@ from worker.records import (
     ChangeInfo,
     GroupChange,
     MembershipChange,
+    MembershipRecords,
     change_info,
     encode,
     group_change,
@@ -270,3 +273,39 @@ def test_record_key_is_tenant_and_group(event):
     info = change_info(event())
     assert record_key(group_change(event("group-created"))) == expected
     assert record_key(membership_change(info, "u1", "e1", complete=True, late=False)) == expected
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+INFOS = st.fixed_dictionaries(
+    {
+        "change_id": st.text(),
+        "tenant_id": st.text(),
+        "group_id": st.text(),
+        "group_name": st.text(),
+        "change": st.sampled_from(["group_updated", "group_deleted"]),
+        "updates": st.lists(
+            st.fixed_dictionaries({"path": st.none() | st.text(), "newValue": JSON_VALUES, "oldValue": JSON_VALUES}),
+            max_size=3,
+        ),
+        "occurred_at": st.text(),
+    }
+)
+
+
+@given(INFOS, st.lists(st.tuples(st.text(), st.text()), min_size=1, max_size=5), st.booleans(), st.booleans())
+def test_membership_records_are_the_bytes_of_the_records(info, users, complete, late):
+    records = MembershipRecords(info, complete=complete, late=late)
+    for user, event_id in users:
+        record = membership_change(info, user, event_id, complete=complete, late=late)
+        assert records.key == record_key(record)
+        assert records.value(user, event_id) == encode(record)
+
+
+def test_membership_records_of_the_users_modified_seed(event):
+    info = change_info(event())
+    record = membership_change(info, "user-1", "event-1", complete=True, late=False)
+    assert MembershipRecords(info, complete=True, late=False).value("user-1", "event-1") == encode(record)
