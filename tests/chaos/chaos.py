@@ -296,7 +296,8 @@ def audit(stack: Stack, corpus: Corpus, feed: Feed) -> dict[str, Any]:
     # Output timestamps are the workers' produce times: the longest gap between two of them while input kept
     # coming is the longest stretch in which no worker committed output (a rebalance, a kill, the Redis restart).
     stamps = sorted(m.timestamp()[1] for m in messages)
-    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    gaps = [(b - a, a) for a, b in itertools.pairwise(stamps)]
+    longest, gap_start = max(gaps, default=(0, 0))
     copies = Counter(r["record_id"] for r in records)
     wrong = sum(1 for r in records if comparable(r) != corpus.expected.get(r["record_id"], comparable(r)))
     dead = read_topic(stack.bootstrap, stack.dlq_topic, lambda m: len(m) >= len(feed.poison), 60)
@@ -324,7 +325,8 @@ def audit(stack: Stack, corpus: Corpus, feed: Feed) -> dict[str, Any]:
         "dlq_wrong": len(stubs ^ feed.oversized),
         "oversized": len(feed.oversized),
         "broker_hides_aborted": aborted_records_hidden(stack.bootstrap),
-        "longest_output_gap_s": round(max(gaps, default=0) / 1000, 2),
+        "longest_output_gap_s": round(longest / 1000, 2),
+        "longest_output_gap_from": time.strftime("%H:%M:%S", time.localtime(gap_start / 1000)),  # see the notes
     }
 
 

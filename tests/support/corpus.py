@@ -115,6 +115,17 @@ class _Builder:
         self.corpus.events += 1
         self.send(self.rng.randrange(self.partitions), value, headers)
 
+    def part(self, tenant: str, base: dict[str, Any], users: list[str], *, final: bool) -> tuple[int, bytes, Headers]:
+        """One part of a users.modified change, on a random partition; its users' records are expected."""
+        data = {**base, "affectedUsers": users, "fullyProcessed": final}
+        value, headers, event = self.event("users", tenant, data)
+        info = change_info(event)
+        for user in users:
+            record = comparable(dict(membership_change(info, user, "", complete=True, late=False)))
+            self.corpus.expected[record["record_id"]] = record
+        self.corpus.events += 1
+        return self.rng.randrange(self.partitions), value, headers
+
     def change(self, parts: int, users_per_part: tuple[int, int]) -> list[tuple[int, bytes, Headers]]:
         """One users.modified change; its parts, in the order they will be sent, on random partitions."""
         tenant = self.rng.choice(self.tenants)
@@ -125,14 +136,7 @@ class _Builder:
         out = []
         for index in range(parts):
             users = self.rng.sample(pool, self.rng.randint(*users_per_part))
-            data = {**base, "affectedUsers": users, "fullyProcessed": index == final_index}
-            value, headers, event = self.event("users", tenant, data)
-            info = change_info(event)
-            for user in users:
-                record = comparable(dict(membership_change(info, user, "", complete=True, late=False)))
-                self.corpus.expected[record["record_id"]] = record
-            self.corpus.events += 1
-            out.append((self.rng.randrange(self.partitions), value, headers))
+            out.append(self.part(tenant, base, users, final=index == final_index))
         if self.rng.random() < 0.3:  # the final part first
             out.insert(0, out.pop(final_index))
         return out
@@ -147,14 +151,7 @@ class _Builder:
         slices = [everyone[start : start + BIG_PART_USERS] for start in range(0, users, BIG_PART_USERS)]
         out = []
         for index, part in enumerate([*slices, []]):
-            data = {**base, "affectedUsers": part, "fullyProcessed": index == len(slices)}
-            value, headers, event = self.event("users", tenant, data)
-            info = change_info(event)
-            for user in part:
-                record = comparable(dict(membership_change(info, user, "", complete=True, late=False)))
-                self.corpus.expected[record["record_id"]] = record
-            self.corpus.events += 1
-            out.append((self.rng.randrange(self.partitions), value, headers))
+            out.append(self.part(tenant, base, part, final=index == len(slices)))
         return out
 
 
