@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from tests.integration.helpers import Stack, WorkerProcess, aborted_records_hidden, read_topic, wait_for
 from tests.support.corpus import OVERSIZED_BYTES, Corpus, comparable, generate
@@ -46,6 +46,7 @@ from worker.output import TOO_LARGE
 PARTITIONS = 8
 SPACING = 7.0  # seconds between two disruptions: more than the workers' session timeout (6 s)
 SETTLE_LIMIT = 60.0  # the longest a disruption waits for the group to settle before it goes ahead anyway
+TWIN_LIMIT = 60.0  # the longest the twin is kept past its planned stop, waiting for a fencing
 
 
 @dataclass
@@ -143,7 +144,7 @@ def run(config: Chaos, workdir: Path) -> dict[str, Any]:
     }
     workers: dict[int, WorkerProcess] = {}
     twin: WorkerProcess | None = None
-    kills = 0
+    kills = fencings = 0
     try:
         stack.create_topics(PARTITIONS, PARTITIONS)
         corpus = generate(
@@ -201,7 +202,15 @@ def run(config: Chaos, workdir: Path) -> dict[str, Any]:
                     twin = WorkerProcess(env, workdir / "twin.log").start()
                     stack.workers.append(twin)
                 elif action == "stop the twin":
-                    assert twin is not None and twin.terminate() == 0, "SIGTERM must exit 0"
+                    assert twin is not None
+                    # Not before a fencing (the twin's producer starts at its first batch, so it needs
+                    # partitions, which a classic group's rebalances can keep from it for a while), at most
+                    # TWIN_LIMIT more.
+                    deadline = time.monotonic() + TWIN_LIMIT
+                    while not (fencings := _fencings(twin, workers[0])) and time.monotonic() < deadline:
+                        time.sleep(0.5)
+                    config.note(f"stop the twin after {fencings} fencings")
+                    assert twin.terminate() == 0, "SIGTERM must exit 0"
                 elif action == "pause the broker":
                     kafka.pause()  # SIGSTOP: batches in their commit wait for the broker
                     time.sleep(config.pause_broker_s)
@@ -250,13 +259,23 @@ def run(config: Chaos, workdir: Path) -> dict[str, Any]:
         broker=kafka.kind,
         group_protocol=config.group_protocol,
         kills=kills,
+        twin_fencings=fencings,  # of worker 0 and its twin, while both ran
         seconds=round(time.monotonic() - started, 1),
     )
     return summary
 
 
+def _fencings(*workers: WorkerProcess) -> int:
+    return int(sum(w.metric("worker_producer_fenced_total") for w in workers))
+
+
 def _committed(stack: Stack, ends: dict[int, int]) -> bool:
-    committed = stack.committed(PARTITIONS)
+    try:
+        committed = stack.committed(PARTITIONS)
+    except KafkaException:
+        # The look-up waits for pending transactional offsets (KIP-447): a transaction left open by a killed
+        # worker holds it until the transaction times out. Not at the end yet; ask again.
+        return False
     return all(committed[p] >= end for p, end in ends.items())
 
 
@@ -274,9 +293,11 @@ def _control_drained(stack: Stack) -> bool:
     )
     try:
         tps = [TopicPartition(stack.control_topic, p) for p in range(PARTITIONS)]
-        consumer.assign(
-            [TopicPartition(tp.topic, tp.partition, max(tp.offset, 0)) for tp in consumer.committed(tps, 10)]
-        )
+        try:
+            committed = consumer.committed(tps, 10)
+        except KafkaException:  # pending transactional offsets, as in `_committed`
+            return False
+        consumer.assign([TopicPartition(tp.topic, tp.partition, max(tp.offset, 0)) for tp in committed])
         at_end: set[int] = set()
         deadline = time.monotonic() + 15
         while len(at_end) < PARTITIONS and time.monotonic() < deadline:

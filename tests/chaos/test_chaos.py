@@ -24,6 +24,7 @@ def test_short_chaos_run_loses_nothing(tmp_path: Path) -> None:
     print(orjson.dumps(summary).decode())
     assert summary["kills"] >= 1 and summary["poison"] >= 1
     assert summary["oversized"] == 1 and summary["too_large"] == 1
+    assert summary["twin_fencings"] >= 1
     assert failed(summary) == []
 
 
@@ -37,4 +38,5 @@ def test_full_chaos_run(tmp_path: Path, protocol: str) -> None:
     print(orjson.dumps(summary).decode())
     assert summary["events"] >= 200_000
     assert summary["oversized"] == 1 and summary["too_large"] == 1
+    assert summary["twin_fencings"] >= 1
     assert failed(summary) == []
