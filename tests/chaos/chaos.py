@@ -1,4 +1,5 @@
-"""Chaos run: 3 workers, a steady producer, SIGKILLs, a Redis restart and scaling, then an audit of the output.
+"""Chaos run: 3 workers, a steady producer, SIGKILLs, a Redis restart and scaling, two workers sharing a
+transactional id, the broker paused with SIGSTOP, a large change and oversized poison, then an audit of the output.
 
 `python -m tests.chaos.chaos [--events N] [--kill-every S] [--group-protocol P]` prints a one-line JSON summary
 and exits non-zero when a record is missing, repeated, extra or wrong, or a poison message is not in the DLQ
@@ -10,6 +11,12 @@ leave and join while the group is still rebalancing), and SIGKILLs come every `k
 the group is doing. On the embedded Tansu, which loses a group when members leave mid-rebalance (see the
 README), disruptions are spaced past the session timeout, wait for a settled group, and scaling goes one
 worker at a time from three.
+
+The faults of issue 12, in both: a second process with worker 0's `WORKER_TRANSACTIONAL_ID` runs for a while
+(the two fence each other), the broker is stopped with SIGSTOP for a few seconds while the workers are busy
+(commits in flight hang, then time out or go through), a `users.modified` change of `big_change` users (300
+parts of 1,000 in the full run) comes out in chunks, and an oversized poison message (1.5 MB, sent zstd
+compressed) must reach the DLQ as a `too_large` stub. Every one of those records and stubs is audited.
 """
 
 from __future__ import annotations
@@ -29,15 +36,17 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from tests.integration.helpers import Stack, WorkerProcess, aborted_records_hidden, read_topic, wait_for
-from tests.support.corpus import Corpus, comparable, generate
+from tests.support.corpus import OVERSIZED_BYTES, Corpus, comparable, generate
 from worker.localstack import free_port, start_kafka, start_redis
+from worker.output import TOO_LARGE
 
 PARTITIONS = 8
 SPACING = 7.0  # seconds between two disruptions: more than the workers' session timeout (6 s)
 SETTLE_LIMIT = 60.0  # the longest a disruption waits for the group to settle before it goes ahead anyway
+TWIN_LIMIT = 60.0  # the longest the twin is kept past its planned stop, waiting for a fencing
 
 
 @dataclass
@@ -49,6 +58,10 @@ class Chaos:
     scale: bool = True  # scale during the run: 1 -> 3 -> 1 on Apache Kafka, 3 -> 1 -> 3 on Tansu
     group_protocol: str = "classic"  # WORKER_GROUP_PROTOCOL of the workers
     seed: int = 11
+    big_change: int = 300_000  # users of one large users.modified change (0: none)
+    oversized: int = 1  # oversized poison messages
+    twin: bool = True  # a second process with worker 0's transactional id, for a while
+    pause_broker_s: float = 4.0  # SIGSTOP the broker this long once, mid-run (0: never)
     log: list[str] = field(default_factory=list)
 
     def note(self, what: str) -> None:
@@ -57,21 +70,34 @@ class Chaos:
 
 
 class Feed(threading.Thread):
-    """Produces the corpus at a steady rate; remembers end offsets and where the poison went."""
+    """Produces the corpus at a steady rate, compressed (zstd: the oversized poison is a few kB on the
+    input topic); remembers end offsets and where the poison went."""
 
     def __init__(self, bootstrap: str, topic: str, corpus: Corpus, rate: float) -> None:
         super().__init__(name="feed", daemon=True)
         self.bootstrap, self.topic, self.corpus, self.rate = bootstrap, topic, corpus, rate
         self.ends: dict[int, int] = {}
         self.poison: set[tuple[int, int]] = set()
+        self.oversized: set[tuple[int, int]] = set()
         self.errors: list[str] = []
 
     def run(self) -> None:
-        producer = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "linger.ms": 10})
+        producer = Producer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "enable.idempotence": True,
+                "linger.ms": 10,
+                "compression.type": "zstd",
+                "message.max.bytes": 2 * OVERSIZED_BYTES,  # checked before compression
+            }
+        )
         started = time.monotonic()
         for sent, (partition, key, value, headers) in enumerate(self.corpus.messages):
-            poison = not headers and value.startswith(b'{"broken"')
-            callback = self._delivered_poison if poison else self._delivered
+            callback = self._delivered
+            if sent in self.corpus.oversized_at:
+                callback = self._delivered_oversized
+            elif sent in self.corpus.poison_at:
+                callback = self._delivered_poison
             while True:
                 try:
                     producer.produce(self.topic, value, key, partition=partition, headers=headers, on_delivery=callback)
@@ -95,6 +121,11 @@ class Feed(threading.Thread):
         if not error:
             self.poison.add((message.partition(), message.offset()))
 
+    def _delivered_oversized(self, error: Any, message: Any) -> None:
+        self._delivered_poison(error, message)
+        if not error:
+            self.oversized.add((message.partition(), message.offset()))
+
 
 def run(config: Chaos, workdir: Path) -> dict[str, Any]:
     started = time.monotonic()
@@ -112,10 +143,18 @@ def run(config: Chaos, workdir: Path) -> dict[str, Any]:
         "WORKER_GROUP_PROTOCOL": config.group_protocol,
     }
     workers: dict[int, WorkerProcess] = {}
-    kills = 0
+    twin: WorkerProcess | None = None
+    kills = fencings = 0
     try:
         stack.create_topics(PARTITIONS, PARTITIONS)
-        corpus = generate("mixed", config.events, PARTITIONS, seed=config.seed)
+        corpus = generate(
+            "mixed",
+            config.events,
+            PARTITIONS,
+            seed=config.seed,
+            big_change=config.big_change,
+            oversized=config.oversized,
+        )
         config.note(f"corpus: {len(corpus.messages)} messages, {len(corpus.expected)} expected records")
         first = config.workers if careful or not config.scale else 1
         for slot in range(first):
@@ -125,12 +164,17 @@ def run(config: Chaos, workdir: Path) -> dict[str, Any]:
         feed.start()
         feed_seconds = len(corpus.messages) / config.rate
         plan = [(feed_seconds * 0.35, "restart redis")]
+        if config.twin:
+            plan += [(feed_seconds * 0.25, "start a twin of worker 0"), (feed_seconds * 0.45, "stop the twin")]
+        if config.pause_broker_s:
+            plan.append((feed_seconds * 0.5, "pause the broker"))
         if config.scale and careful:
             # one worker at a time, then all back at once
             plan += [(feed_seconds * share, "scale down") for share in (0.45, 0.55)]
             plan.append((feed_seconds * 0.7, "scale up"))
         elif config.scale:
-            plan = sorted([*plan, (feed_seconds * 0.2, "scale up"), (feed_seconds * 0.6, "scale down to one")])
+            plan += [(feed_seconds * 0.2, "scale up"), (feed_seconds * 0.6, "scale down to one")]
+        plan.sort()
         next_kill = time.monotonic() + config.kill_every
         t0 = last_action = time.monotonic()
         while feed.is_alive() or plan:
@@ -152,6 +196,25 @@ def run(config: Chaos, workdir: Path) -> dict[str, Any]:
                     redis.stop()
                     time.sleep(2)
                     redis = stack.redis_service = start_redis(redis_dir, redis_port, durable=True)
+                elif action == "start a twin of worker 0":
+                    # the same WORKER_TRANSACTIONAL_ID as worker 0 (a shared ConfigMap): they fence each other
+                    env = stack.worker_env(**{**extra, "WORKER_TRANSACTIONAL_ID": f"{stack.group_id}-0"})
+                    twin = WorkerProcess(env, workdir / "twin.log").start()
+                    stack.workers.append(twin)
+                elif action == "stop the twin":
+                    assert twin is not None
+                    # Not before a fencing (the twin's producer starts at its first batch, so it needs
+                    # partitions, which a classic group's rebalances can keep from it for a while), at most
+                    # TWIN_LIMIT more.
+                    deadline = time.monotonic() + TWIN_LIMIT
+                    while not (fencings := _fencings(twin, workers[0])) and time.monotonic() < deadline:
+                        time.sleep(0.5)
+                    config.note(f"stop the twin after {fencings} fencings")
+                    assert twin.terminate() == 0, "SIGTERM must exit 0"
+                elif action == "pause the broker":
+                    kafka.pause()  # SIGSTOP: batches in their commit wait for the broker
+                    time.sleep(config.pause_broker_s)
+                    kafka.resume()
                 elif action == "scale down":
                     assert workers.pop(max(workers)).terminate() == 0, "SIGTERM must exit 0"
                 elif action == "scale down to one":
@@ -174,7 +237,11 @@ def run(config: Chaos, workdir: Path) -> dict[str, Any]:
         assert not feed.errors, feed.errors[:3]
         config.note(f"feed done; waiting for the group to commit {sum(feed.ends.values())} offsets")
         try:
-            wait_for(lambda: _committed(stack, feed.ends), 240, "committed offsets at the end of every input partition")
+            wait_for(
+                lambda: _committed(stack, feed.ends) and _control_drained(stack),
+                300,
+                "committed offsets at the end of every input partition and no command left on the control topic",
+            )
         except AssertionError:
             config.note(f"stuck: committed {stack.committed(PARTITIONS)} ends {feed.ends}")
             for slot, worker in workers.items():
@@ -192,33 +259,77 @@ def run(config: Chaos, workdir: Path) -> dict[str, Any]:
         broker=kafka.kind,
         group_protocol=config.group_protocol,
         kills=kills,
+        twin_fencings=fencings,  # of worker 0 and its twin, while both ran
         seconds=round(time.monotonic() - started, 1),
     )
     return summary
 
 
+def _fencings(*workers: WorkerProcess) -> int:
+    return int(sum(w.metric("worker_producer_fenced_total") for w in workers))
+
+
 def _committed(stack: Stack, ends: dict[int, int]) -> bool:
     try:
         committed = stack.committed(PARTITIONS)
-    except KafkaException:  # the fetch waits for pending transactional offsets (KIP-447): ask again
+    except KafkaException:
+        # The look-up waits for pending transactional offsets (KIP-447): a transaction left open by a killed
+        # worker holds it until the transaction times out. Not at the end yet; ask again.
         return False
     return all(committed[p] >= end for p, end in ends.items())
 
 
+def _control_drained(stack: Stack) -> bool:
+    """Whether no committed command is left past the group's committed offsets on the control topic: the large
+    change's continue commands are all carried out (each one's transaction commits the next one)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": stack.bootstrap,
+            "group.id": stack.group_id,
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        tps = [TopicPartition(stack.control_topic, p) for p in range(PARTITIONS)]
+        try:
+            committed = consumer.committed(tps, 10)
+        except KafkaException:  # pending transactional offsets, as in `_committed`
+            return False
+        consumer.assign([TopicPartition(tp.topic, tp.partition, max(tp.offset, 0)) for tp in committed])
+        at_end: set[int] = set()
+        deadline = time.monotonic() + 15
+        while len(at_end) < PARTITIONS and time.monotonic() < deadline:
+            for message in consumer.consume(100, 0.5):
+                if message.error() is None:
+                    return False
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    at_end.add(message.partition())
+        return len(at_end) == PARTITIONS
+    finally:
+        consumer.close()
+
+
 def audit(stack: Stack, corpus: Corpus, feed: Feed) -> dict[str, Any]:
-    messages = read_topic(stack.bootstrap, stack.output_topic, lambda m: len(m) >= len(corpus.expected), 120)
+    messages = read_topic(stack.bootstrap, stack.output_topic, lambda m: len(m) >= len(corpus.expected), 300)
     records = [orjson.loads(m.value() or b"") for m in messages]
     # Output timestamps are the workers' produce times: the longest gap between two of them while input kept
     # coming is the longest stretch in which no worker committed output (a rebalance, a kill, the Redis restart).
     stamps = sorted(m.timestamp()[1] for m in messages)
-    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    gaps = [(b - a, a) for a, b in itertools.pairwise(stamps)]
+    longest, gap_start = max(gaps, default=(0, 0))
     copies = Counter(r["record_id"] for r in records)
     wrong = sum(1 for r in records if comparable(r) != corpus.expected.get(r["record_id"], comparable(r)))
     dead = read_topic(stack.bootstrap, stack.dlq_topic, lambda m: len(m) >= len(feed.poison), 60)
-    positions = Counter(
-        (int(dict(m.headers() or [])["dlq.source.partition"]), int(dict(m.headers() or [])["dlq.source.offset"]))
-        for m in dead
-    )
+    positions: Counter[tuple[int, int]] = Counter()
+    stubs: set[tuple[int, int]] = set()
+    for message in dead:
+        headers = dict(message.headers() or [])
+        position = int(headers["dlq.source.partition"]), int(headers["dlq.source.offset"])
+        positions[position] += 1
+        if headers["dlq.reason"] == TOO_LARGE.encode() and message.value() is None:
+            stubs.add(position)
     return {
         "events": corpus.events + corpus.duplicates + corpus.poison,
         "records": len(records),
@@ -230,8 +341,13 @@ def audit(stack: Stack, corpus: Corpus, feed: Feed) -> dict[str, Any]:
         "poison": len(feed.poison),
         "dlq_missing": len(feed.poison - set(positions)),
         "dlq_duplicates": sum(n - 1 for n in positions.values()),
+        "too_large": len(stubs),
+        # an oversized message not dead-lettered as a stub, or a stub for one that was not oversized
+        "dlq_wrong": len(stubs ^ feed.oversized),
+        "oversized": len(feed.oversized),
         "broker_hides_aborted": aborted_records_hidden(stack.bootstrap),
-        "longest_output_gap_s": round(max(gaps, default=0) / 1000, 2),
+        "longest_output_gap_s": round(longest / 1000, 2),
+        "longest_output_gap_from": time.strftime("%H:%M:%S", time.localtime(gap_start / 1000)),  # see the notes
     }
 
 
@@ -239,7 +355,7 @@ def failed(summary: dict[str, Any]) -> list[str]:
     """What the summary says is wrong. Duplicates (records and DLQ) count only on a broker that hides aborted
     transactions from read_committed readers (the embedded Tansu does not: the output of a transaction aborted
     by a SIGKILL stays visible there, next to its replay)."""
-    keys = ["missing", "extra", "wrong_content", "dlq_missing"]
+    keys = ["missing", "extra", "wrong_content", "dlq_missing", "dlq_wrong"]
     if summary["broker_hides_aborted"]:
         keys += ["duplicates", "dlq_duplicates"]
     return [f"{k}={summary[k]}" for k in keys if summary[k]]
@@ -251,11 +367,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=Chaos.rate)
     parser.add_argument("--kill-every", type=float, default=Chaos.kill_every)
     parser.add_argument("--group-protocol", choices=("classic", "consumer"), default=Chaos.group_protocol)
+    parser.add_argument("--big-change", type=int, default=Chaos.big_change, help="users of the large change")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="gew-chaos-"))
     try:
         config = Chaos(
-            events=args.events, rate=args.rate, kill_every=args.kill_every, group_protocol=args.group_protocol
+            events=args.events,
+            rate=args.rate,
+            kill_every=args.kill_every,
+            group_protocol=args.group_protocol,
+            big_change=args.big_change,
         )
         summary = run(config, workdir)
     finally:

@@ -19,9 +19,12 @@ ON_KAFKA = choose_broker(os.environ)[0] == "kafka"
 def test_short_chaos_run_loses_nothing(tmp_path: Path) -> None:
     # Scaling only on Apache Kafka: the embedded Tansu sometimes leaves a group without any assignment for good
     # after members leave and join (see the README); the full run scales there too, on a longer timeline.
-    summary = run(Chaos(events=3_000, rate=100, kill_every=7.0, scale=ON_KAFKA), tmp_path)
+    # Every fault of the full run, with a large change of 20,000 users instead of 300,000.
+    summary = run(Chaos(events=3_000, rate=100, kill_every=7.0, scale=ON_KAFKA, big_change=20_000), tmp_path)
     print(orjson.dumps(summary).decode())
     assert summary["kills"] >= 1 and summary["poison"] >= 1
+    assert summary["oversized"] == 1 and summary["too_large"] == 1
+    assert summary["twin_fencings"] >= 1
     assert failed(summary) == []
 
 
@@ -34,4 +37,6 @@ def test_full_chaos_run(tmp_path: Path, protocol: str) -> None:
     summary = run(Chaos(group_protocol=protocol, kill_every=5.0 if ON_KAFKA else 8.0), tmp_path)
     print(orjson.dumps(summary).decode())
     assert summary["events"] >= 200_000
+    assert summary["oversized"] == 1 and summary["too_large"] == 1
+    assert summary["twin_fencings"] >= 1
     assert failed(summary) == []
