@@ -157,8 +157,11 @@ def server_properties(workdir: Path, port: int, controller_port: int) -> str:
 
 
 def cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (what `random-uuid` prints)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (what `random-uuid` prints).
+    Like Kafka's own Uuid.randomUuid, never one that starts with a dash: a command line reads it as an option."""
+    while (value := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"):
+        pass
+    return value
 
 
 def broker_command(workdir: Path, port: int, controller_port: int) -> list[str]:
@@ -171,7 +174,7 @@ def broker_command(workdir: Path, port: int, controller_port: int) -> list[str]:
     log_config.write_text(LOG_CONFIG.format(path=workdir / "broker.log"))
     java = ["java", f"-Xms{HEAP}", f"-Xmx{HEAP}", f"-Dlog4j2.configurationFile={log_config}", "-cp", classpath]
     formatted = subprocess.run(
-        [*java, STORAGE_TOOL, "format", "-t", cluster_id(), "-c", str(config)],
+        [*java, STORAGE_TOOL, "format", f"--cluster-id={cluster_id()}", "-c", str(config)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import uuid
 from importlib.resources import files
 from pathlib import Path
 
@@ -60,3 +61,13 @@ def test_server_properties_single_node_on_loopback(tmp_path: Path) -> None:
 def test_cluster_id_is_sixteen_bytes_url_safe() -> None:
     value = localkafka.cluster_id()
     assert len(base64.urlsafe_b64decode(value + "==")) == 16 and "=" not in value
+
+
+def test_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`kafka-storage format -t -X…` reads a leading-dash id as an option (a CI run failed on one in 64 ids):
+    like Kafka's own Uuid.randomUuid, draw again."""
+    draws = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x10" + bytes(15))])
+    monkeypatch.setattr(localkafka.uuid, "uuid4", lambda: next(draws))
+    drawn = localkafka.cluster_id()
+    assert not drawn.startswith("-")
+    assert base64.urlsafe_b64decode(drawn + "==")[0] == 0x10
