@@ -171,6 +171,7 @@ def throughput_run(st: Stack, results: Results, corpus: Corpus, name: str, *, pr
     try:
         assigned_at = child.wait_assigned(120)
         cpu0 = cpu_seconds(child.pid), cpu_seconds(st.kafka.process.pid), cpu_seconds(st.redis.process.pid)
+        loop_cpu0 = cpu_seconds(child.pid, child.pid)
         if profile:
             for stale in HERE.glob(f"profile-{profile}-*"):
                 stale.unlink()
@@ -196,6 +197,7 @@ def throughput_run(st: Stack, results: Results, corpus: Corpus, name: str, *, pr
             if not profiler.stop():
                 results.note(f"--profile: py-spy ({kind}) wrote nothing (ptrace not allowed?): {profiler.error()}")
         run.cpu_s = cpu_seconds(child.pid) - cpu0[0]
+        run.loop_cpu_s = cpu_seconds(child.pid, child.pid) - loop_cpu0
         run.broker_cpu_s = cpu_seconds(st.kafka.process.pid) - cpu0[1]
         run.redis_cpu_s = cpu_seconds(st.redis.process.pid) - cpu0[2]
         run.peak_rss_mb = peak_rss_mb(child.pid)
