@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 
+import orjson
 import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
@@ -82,6 +83,36 @@ def test_the_redis_store_agrees_with_the_in_memory_one(client: redis.Redis, ops:
             memory.settle([change_id])
         assert redis_store.open_changes() == memory.open_changes()
     redis_store.settle([change_id])
+
+
+def dump(client: redis.Redis, change_id: str) -> list[object]:
+    users, order, emitted, meta, chunks = change_keys(change_id)
+    hashes = [client.hgetall(key) for key in (users, emitted, meta, chunks)]
+    return [client.lrange(order, 0, -1), *hashes]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(users=st.lists(st.sampled_from("abcdefg"), max_size=8).map(tuple), chunk=st.integers(1, 4))
+def test_a_change_closed_by_its_first_part_is_stored_as_the_general_path_stores_it(
+    client: redis.Redis, users: tuple[str, ...], chunk: int
+) -> None:
+    """change.lua's short path (a change seen first in its final part) against its general one, reached by an
+    empty part first, which writes nothing but the change info: the same emission and the same state."""
+    fast, general = f"fast-{next(changes)}", f"general-{next(changes)}"
+    s = store(client, chunk)
+    final = Part("in:0:1", "e1", users, True)
+    (short,) = s.apply_parts([(info(fast), final)], 0)
+    assert s.apply_parts([(info(general), Part("in:0:0", "e0", (), False))], 0) == [None]
+    (long,) = s.apply_parts([(info(general), final)], 0)
+    assert short is not None and long is not None
+    assert short.emission == long.emission and short.info == info(fast) and long.info == info(general)
+    fast_state, general_state = dump(client, fast), dump(client, general)
+    fast_meta, general_meta = fast_state[3], general_state[3]  # order, users, emitted, meta, chunks
+    assert isinstance(fast_meta, dict) and isinstance(general_meta, dict)
+    assert fast_meta.pop(b"info") == orjson.dumps(info(fast)) and general_meta.pop(b"info") == orjson.dumps(
+        info(general)
+    )
+    assert fast_state == general_state
 
 
 def test_change_keys_share_one_hash_tag_and_expire(client: redis.Redis) -> None:

@@ -89,6 +89,38 @@ local final_tag, timeout_tag = meta[2], meta[3]
 local closed = final_tag or timeout_tag
 local complete = timeout_tag and 0 or 1
 
+if op == 'part' and not meta[1] and ARGV[6] == '1' then
+  -- The common case, a change seen first in its final part (a single-part change): the writes and the
+  -- result of the general path below, from what this call knows, in half the commands.
+  local event_id = ARGV[5]
+  local new_fields, new_users, seen = {}, {}, {}
+  for i = 8, #ARGV do
+    local user = ARGV[i]
+    if not seen[user] then
+      seen[user] = true
+      new_fields[#new_fields + 1] = user
+      new_fields[#new_fields + 1] = event_id
+      new_users[#new_users + 1] = user
+    end
+  end
+  local last = #new_users
+  local stop = math.min(chunk, last)
+  hset(users_key, new_fields)
+  rpush(order_key, new_users)
+  redis.call('HSET', meta_key, 'info', ARGV[7], 'final', tag, 'end', last, 'next', stop)
+  redis.call('HSET', chunks_key, tag, '0:' .. stop)
+  local claims, out = {}, {0, 1, stop < last and stop or -1, ARGV[7]}
+  for i = 1, stop do
+    claims[#claims + 1] = new_users[i]
+    claims[#claims + 1] = tag
+    out[#out + 1] = new_users[i]
+    out[#out + 1] = event_id
+  end
+  hset(emitted_key, claims)
+  touch()
+  return out
+end
+
 if op == 'part' then
   local event_id, is_final = ARGV[5], ARGV[6] == '1'
   local part_users = {}
