@@ -98,7 +98,8 @@ def _closed(reply: Sequence[bytes | int]) -> Closed | None:
     if not reply:
         return None
     late, complete, cursor, info, *flat = reply
-    users = tuple((bytes(flat[i]).decode(), bytes(flat[i + 1]).decode()) for i in range(0, len(flat), 2))
+    texts = iter([bytes.decode(value) for value in flat])  # type: ignore[arg-type]  # raw replies: bytes
+    users = tuple(zip(texts, texts, strict=True))  # (user, event id) pairs
     next_cursor = None if cursor == -1 else int(cursor)
     emission = Emission(users, complete=complete == 1, late=late == 1, next_cursor=next_cursor)
     return Closed(orjson.loads(bytes(info)), emission)

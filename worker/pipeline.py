@@ -126,10 +126,11 @@ class Processor:
             else:
                 self._dead_letter(message, decoded, result)
 
-        fresh = self._deduper.claim([(event, position(m)) for m, event in events])
+        tags = [position(m) for m, _event in events]
+        fresh = self._deduper.claim([(event, tag) for (_m, event), tag in zip(events, tags, strict=True)])
         parts: list[tuple[ChangeInfo, Part]] = []
         group_counts: list[GroupCount] = []
-        for (message, event), first in zip(events, fresh, strict=True):
+        for (_message, event), tag, first in zip(events, tags, fresh, strict=True):
             label = event.envelope.type  # a known type: bounded
             if not first:
                 result.events[label, "duplicate"] += 1
@@ -137,7 +138,7 @@ class Processor:
             result.events[label, "processed"] += 1
             if isinstance(event.data, UsersModified):
                 part = Part(
-                    position(message),
+                    tag,
                     event.envelope.id,
                     tuple(event.data.affected_users),
                     event.data.fully_processed,
