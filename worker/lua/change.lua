@@ -89,20 +89,33 @@ local final_tag, timeout_tag = meta[2], meta[3]
 local closed = final_tag or timeout_tag
 local complete = timeout_tag and 0 or 1
 
+-- The users of a part that no earlier part carried (`carriers[i]`: who carried part_users[i], if any), each
+-- once: their field/value pairs for the users hash (user, event id), and the users in arrival order.
+local function newcomers(part_users, event_id, carriers)
+  local fields, users, seen = {}, {}, {}
+  for i, user in ipairs(part_users) do
+    if not carriers[i] and not seen[user] then
+      seen[user] = true
+      fields[#fields + 1] = user
+      fields[#fields + 1] = event_id
+      users[#users + 1] = user
+    end
+  end
+  return fields, users
+end
+
+local part_users = {}
+if op == 'part' then
+  for i = 8, #ARGV do
+    part_users[#part_users + 1] = ARGV[i]
+  end
+end
+
 if op == 'part' and not meta[1] and ARGV[6] == '1' then
   -- The common case, a change seen first in its final part (a single-part change): the writes and the
   -- result of the general path below, from what this call knows, in half the commands.
   local event_id = ARGV[5]
-  local new_fields, new_users, seen = {}, {}, {}
-  for i = 8, #ARGV do
-    local user = ARGV[i]
-    if not seen[user] then
-      seen[user] = true
-      new_fields[#new_fields + 1] = user
-      new_fields[#new_fields + 1] = event_id
-      new_users[#new_users + 1] = user
-    end
-  end
+  local new_fields, new_users = newcomers(part_users, event_id, {})
   local last = #new_users
   local stop = math.min(chunk, last)
   hset(users_key, new_fields)
@@ -123,20 +136,7 @@ end
 
 if op == 'part' then
   local event_id, is_final = ARGV[5], ARGV[6] == '1'
-  local part_users = {}
-  for i = 8, #ARGV do
-    part_users[#part_users + 1] = ARGV[i]
-  end
-  local carriers = hmget(users_key, part_users)
-  local new_fields, new_users, seen = {}, {}, {}
-  for i, user in ipairs(part_users) do
-    if not carriers[i] and not seen[user] then
-      seen[user] = true
-      new_fields[#new_fields + 1] = user
-      new_fields[#new_fields + 1] = event_id
-      new_users[#new_users + 1] = user
-    end
-  end
+  local new_fields, new_users = newcomers(part_users, event_id, hmget(users_key, part_users))
   hset(users_key, new_fields)
   rpush(order_key, new_users)
   redis.call('HSETNX', meta_key, 'info', ARGV[7])
