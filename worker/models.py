@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, GetCoreSchemaHandler, JsonValue, TypeAdapter
 from pydantic.alias_generators import to_camel
 from pydantic_core import CoreSchema, core_schema
@@ -167,6 +168,14 @@ class Event:
 
 
 def rfc3339(value: datetime) -> str:
-    """Canonical UTC text of a timestamp: the same instant always prints the same way."""
-    text = value.astimezone(UTC).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
+    """Canonical UTC text of a timestamp, to the millisecond: the same instant always prints the same way, as
+    `value.astimezone(UTC).isoformat(timespec="milliseconds")` with `Z` for `+00:00` (record ids depend on
+    it). orjson prints it in half the time: `YYYY-MM-DDTHH:MM:SS`, then `.ffffff` unless the microseconds are
+    0, then `Z` (in quotes)."""
+    offset = value.utcoffset()
+    if offset is None or offset:  # naive (local time, as astimezone takes it), or not UTC
+        value = value.astimezone(UTC)
+    text = orjson.dumps(value, option=orjson.OPT_UTC_Z)
+    if len(text) == 22:  # no fraction
+        return text[1:20].decode() + ".000Z"
+    return text[1:24].decode() + "Z"

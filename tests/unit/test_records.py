@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
-from worker.models import Event
+from worker.models import Event, Group, rfc3339
 from worker.records import (
     GROUP,
     MEMBERSHIP,
@@ -309,3 +310,32 @@ def test_membership_records_of_the_users_modified_seed(event):
     info = change_info(event())
     record = membership_change(info, "user-1", "event-1", complete=True, late=False)
     assert MembershipRecords(info, complete=True, late=False).value("user-1", "event-1") == encode(record)
+
+
+AWARE = st.datetimes(
+    min_value=datetime(2, 1, 1),
+    max_value=datetime(9998, 12, 31),
+    timezones=st.sampled_from(
+        [UTC, timezone(timedelta(0)), timezone(timedelta(hours=14)), timezone(-timedelta(hours=12, minutes=30))]
+    ),
+)
+
+
+@given(value=AWARE | st.datetimes(min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 31)))
+def test_rfc3339_is_isoformat_in_utc_to_the_millisecond(value: datetime) -> None:
+    """Record ids hash this text: the fast form must print exactly what isoformat printed (naive: local time)."""
+    expected = value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert rfc3339(value) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2024-02-01T00:00:00Z", "2024-02-01T00:00:00+00:00", "2024-02-01T23:30:00.5+02:00", "0999-12-31T23:59:59.999999Z"],
+)
+def test_rfc3339_of_parsed_timestamps(text: str) -> None:
+    """pydantic's own tzinfo (what the models give), zero and other offsets."""
+    parsed = Group.model_validate(
+        {"id": "g", "name": "n", "status": "active", "tenantId": "t", "createdAt": text, "lastUpdatedAt": text}
+    ).created_at
+    expected = parsed.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert rfc3339(parsed) == expected
