@@ -34,13 +34,11 @@ COPY --from=builder /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    WORKER_METRICS_PORT=9400 \
-    WORKER_INGEST_PORT=8080
+    WORKER_METRICS_PORT=9400
 
 # No WORKDIR: `python -m` puts the cwd on sys.path, so keep it at / (not a writable dir like /tmp).
 USER 10001:10001
-# 9400: /metrics, /healthz, /readyz of `run`; 8080: the webhook ingest of `python -m worker ingest`.
-EXPOSE 9400 8080
+EXPOSE 9400
 # The worker drains, commits and closes on SIGTERM within WORKER_SHUTDOWN_TIMEOUT_SECONDS (default 30);
 # give the container runtime more than that (compose stop_grace_period, k8s terminationGracePeriodSeconds).
 STOPSIGNAL SIGTERM

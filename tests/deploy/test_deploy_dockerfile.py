@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from worker.config import Settings
-
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -122,13 +120,10 @@ def test_healthcheck_probes_healthz_with_python(final: Stage, metrics_port: int)
     assert "--timeout=" in options
 
 
-def test_expose_and_env_match_the_port_defaults(final: Stage, metrics_port: int) -> None:
-    """The metrics port of `run` and the webhook port of `ingest`: the same image runs both."""
-    ingest_port = Settings.model_fields["ingest_port"].default
-    assert final.all("EXPOSE") == [f"{metrics_port} {ingest_port}"]
+def test_expose_and_env_match_the_metrics_port_default(final: Stage, metrics_port: int) -> None:
+    assert final.all("EXPOSE") == [str(metrics_port)]
     env = " ".join(final.all("ENV"))
     assert re.search(rf"\bWORKER_METRICS_PORT={metrics_port}\b", env)
-    assert re.search(rf"\bWORKER_INGEST_PORT={ingest_port}\b", env)
 
 
 def test_no_build_tools_or_package_installs_in_final_stage(final: Stage) -> None:

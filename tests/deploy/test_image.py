@@ -31,7 +31,6 @@ import pytest
 
 from tests.deploy.conftest import ROOT, BuiltImage
 from tests.integration.helpers import Stack, WorkerProcess
-from worker.config import Settings
 from worker.localstack import free_port, start_kafka, start_redis
 
 SEED = ROOT / "tests/fixtures/seed-events/group-created.json"
@@ -184,14 +183,12 @@ def test_entrypoint_command_and_stop_signal(built_image: BuiltImage) -> None:
     assert built_image.config["StopSignal"] == "SIGTERM"
 
 
-def test_healthcheck_and_exposed_ports_follow_the_settings(built_image: BuiltImage, metrics_port: int) -> None:
+def test_healthcheck_and_exposed_port_follow_the_metrics_port(built_image: BuiltImage, metrics_port: int) -> None:
     check = built_image.config["Healthcheck"]
     assert check["Test"][:3] == ["CMD", "python", "-c"] and "/healthz" in check["Test"][3]
     assert check["Timeout"] > 0 and check["Interval"] > 0 and check["Retries"] > 0
-    ingest_port = Settings.model_fields["ingest_port"].default  # the same image runs `python -m worker ingest`
-    assert set(built_image.config["ExposedPorts"]) == {f"{metrics_port}/tcp", f"{ingest_port}/tcp"}
+    assert set(built_image.config["ExposedPorts"]) == {f"{metrics_port}/tcp"}
     assert f"WORKER_METRICS_PORT={metrics_port}" in built_image.config["Env"]
-    assert f"WORKER_INGEST_PORT={ingest_port}" in built_image.config["Env"]
 
 
 def test_oci_labels_carry_the_version(built_image: BuiltImage) -> None:
