@@ -62,15 +62,15 @@ bench-ingest: install
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy --strict worker bench deploy/image/build.py
+	$(PY) -m mypy --strict worker bench deploy/image/build.py tests/support/kafka_fakes.py
 
 fmt: install
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-## Regenerate worker/schemas/*.json from the record TypedDicts.
+## Regenerate worker/processing/schemas/*.json from the record TypedDicts.
 schemas: install
-	$(PY) -c "from worker.records import write_schemas; write_schemas()"
+	$(PY) -c "from worker.processing.records import write_schemas; write_schemas()"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

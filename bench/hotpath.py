@@ -1,10 +1,10 @@
 """`python -m bench.hotpath [--profile]`: CPU time of the per-message work that needs neither Kafka nor Redis:
-decoding (`worker.decode`) and building, keying and encoding the records (`worker.records`), on the
-benchmark's flat and fanout corpora. No services; a few seconds.
+decoding (`worker.processing.decode`) and building, keying and encoding the records
+(`worker.processing.records`), on the benchmark's flat and fanout corpora. No services; a few seconds.
 
 Each corpus is run `--repeat` times in this process and the fastest pass is reported, in CPU µs
 (`time.process_time`) per input message and per output record: the cost of this part of the worker without
-the noise of the rest of the machine. Every valid event builds its records the way `worker.pipeline` does
+the noise of the rest of the machine. Every valid event builds its records the way `worker.processing.processor` does
 (a group change record, or the change info and one membership record per affected user), so the fan-out
 figures include the records a change emits when it closes.
 `--against DIR` loads a second copy of the `worker` package from another checkout (say, the main branch
@@ -32,7 +32,7 @@ Message = tuple[bytes | None, list[tuple[str, str | bytes | None]]]
 
 
 def load(root: Path | None) -> dict[str, ModuleType]:
-    """`worker.decode`, `.models` and `.records`, from `root` (another checkout) or from this one (None)."""
+    """`worker.processing.decode`, `.models` and `.records`, from `root` (another checkout) or from this one (None)."""
     for name in [n for n in sys.modules if n == "worker" or n.startswith("worker.")]:
         del sys.modules[name]
     if root is not None:

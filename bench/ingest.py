@@ -29,9 +29,9 @@ from pathlib import Path
 import orjson
 
 from bench.procs import clean_environ, cpu_seconds, peak_rss_mb
-from worker.ingest_client import IngestProcess
-from worker.ingest_rules import sign
-from worker.localstack import create_topics, free_port, start_kafka
+from worker.ingest.rules import sign
+from worker.local.ingest_client import IngestProcess
+from worker.local.stack import create_topics, free_port, start_kafka
 
 SECRET = "bench-secret-bench-secret-bench-secret"
 TOPIC = "bench.ingest"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from worker.localstack import free_port
+from worker.local.stack import free_port
 
 FAST_GROUP = {
     "WORKER_KAFKA_SESSION_TIMEOUT_MS": "6000",

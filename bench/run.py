@@ -28,7 +28,7 @@ from bench.procs import Child, Profiler, control_topic, cpu_seconds, peak_rss_mb
 from bench.report import Produced, Results, Run
 from tests.support.corpus import generate
 from worker.config import Settings
-from worker.localstack import Service, create_topics, start_kafka, start_redis
+from worker.local.stack import Service, create_topics, start_kafka, start_redis
 
 HERE = Path(__file__).resolve().parent
 T0 = time.monotonic()

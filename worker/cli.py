@@ -1,79 +1,30 @@
-"""Command line: `python -m worker <command>`; `python -m worker --help` lists the commands."""
+"""Command line: `python -m worker <command>`; `python -m worker --help` lists the commands. This module holds the
+command table; each command's work is in the package of its concern."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import orjson
-import structlog
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaException
 from pydantic import ValidationError
 
-from worker import __version__, dlq, logs, ops
-from worker.config import ConfigError, Settings, describe_errors
-from worker.deadletter import PREFIX, dead_letter_fields
-from worker.localstack import create_topics, embedded
-from worker.samples import expected_counts, samples
-
-# The embedded brokers' groups settle in a few seconds with these (Tansu takes ~23 s with librdkafka's defaults).
-FAST_GROUP_TIMEOUTS = {
-    "WORKER_KAFKA_SESSION_TIMEOUT_MS": "6000",
-    "WORKER_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
-    "WORKER_KAFKA_MAX_POLL_INTERVAL_MS": "10000",
-}
-EMBEDDED_PARTITIONS = 4
-
-
-def load_settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as error:
-        print(describe_errors(error), file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-@contextmanager
-def _stack(embed: bool) -> Iterator[Settings]:
-    """Settings for the configured services, or for an embedded stack where they are not configured."""
-    if not embed:
-        yield load_settings()
-        return
-    started_kafka = not os.environ.get("WORKER_KAFKA_BOOTSTRAP_SERVERS")
-    with embedded(os.environ) as stack:
-        if started_kafka:
-            for key, value in FAST_GROUP_TIMEOUTS.items():
-                os.environ.setdefault(key, value)
-        settings = load_settings()
-        topics = dict.fromkeys(settings.subscribed_topics, EMBEDDED_PARTITIONS)
-        create_topics(
-            settings.kafka_bootstrap_servers,
-            {
-                **topics,
-                settings.output_topic: EMBEDDED_PARTITIONS,
-                settings.control_topic: EMBEDDED_PARTITIONS,
-                settings.dlq_topic: 1,
-            },
-        )
-        log = structlog.get_logger("worker.cli")
-        log.info(
-            "embedded_stack", kafka=settings.kafka_bootstrap_servers, redis=settings.redis_url, dir=str(stack.workdir)
-        )
-        yield settings
+from worker import __version__, logs
+from worker.config import ConfigError, Settings, describe_errors, load_settings
+from worker.local import demo
+from worker.local.samples import samples
+from worker.ops import check, dlq, validate
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from worker import app
-    from worker.supervisor import Supervisor, container_processes
+    from worker.consumer import app
+    from worker.consumer.supervisor import Supervisor, container_processes
 
     logs.configure(os.environ.get("WORKER_LOG_LEVEL", "INFO").upper())
-    with _stack(args.embedded) as settings, _ingest_beside(args.embedded, settings):
+    with demo.stack(args.embedded) as settings, demo.ingest_for_run(args.embedded, settings):
         if (processes := container_processes(settings.processes)) > 1:
             return Supervisor(settings, processes).run()
         try:
@@ -90,28 +41,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-@contextmanager
-def _ingest_beside(embed: bool, settings: Settings) -> Iterator[None]:
-    """With --embedded: the webhook ingest too, its curl line, and the records printed as they come out."""
-    if not embed:
-        yield
-        return
-    from worker.ingest_demo import curl_hint, follow_records, ingest_beside
-
-    stop = threading.Event()
-    with ingest_beside() as beside:
-        print(curl_hint(beside), flush=True)
-        follower = threading.Thread(target=follow_records, args=(settings, stop), name="records", daemon=True)
-        follower.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            follower.join(5)
-
-
 def cmd_ingest(_args: argparse.Namespace) -> int:
-    from worker.ingest import serve
+    from worker.ingest.server import serve
 
     logs.configure(os.environ.get("WORKER_LOG_LEVEL", "INFO").upper())
     return serve(load_settings())
@@ -119,83 +50,15 @@ def cmd_ingest(_args: argparse.Namespace) -> int:
 
 def cmd_sample_events(_args: argparse.Namespace) -> int:
     settings = load_settings()
-    send_samples(settings)
+    demo.send_samples(settings)
     print(f"sent {len(samples())} sample messages to {settings.input_topics[0]}")
     return 0
 
 
-def send_samples(settings: Settings) -> None:
-    producer = Producer({**settings.kafka_overrides("producer"), "enable.idempotence": True})
-    partitions = len(
-        producer.list_topics(settings.input_topics[0], timeout=10).topics[settings.input_topics[0]].partitions
-    )
-    for sample in samples():
-        producer.produce(
-            settings.input_topics[0], sample.value, partition=sample.partition % partitions, headers=sample.headers
-        )
-    if producer.flush(30):
-        raise RuntimeError("sample events were not acknowledged within 30 s")
-
-
 def cmd_demo(_args: argparse.Namespace) -> int:
-    """Embedded stack + worker + ingest; the sample events posted as signed webhooks; print what comes out."""
-    from worker import app
-    from worker.ingest_demo import ingest_beside, post_samples
+    from worker.consumer import app
 
-    logs.configure("WARNING")
-    with _stack(embed=True) as settings, ingest_beside("WARNING") as beside:
-        worker = app.build(settings).loop
-        runner = threading.Thread(target=worker.run, name="worker")
-        runner.start()
-        try:
-            sent = post_samples(beside)
-            print(f"posted {len(sent)} signed webhooks to {beside.ingest.webhook_url}:")
-            for sample, answer in sent:
-                print(f"  - {sample.note}: {answer.status} {orjson.dumps(answer.body).decode()}")
-            want_records, want_dlq = expected_counts([sample for sample, answer in sent if answer.status == 202])
-            records, dead = read_outputs(settings, expected_records=want_records, expected_dlq=want_dlq, timeout=90)
-        finally:
-            worker.stop()
-            runner.join()
-    print(f"\n{len(records)} records on {settings.output_topic}:")
-    for record in records:
-        print("  " + orjson.dumps(record).decode())
-    print(f"\n{len(dead)} messages on {settings.dlq_topic}:")
-    for headers in dead:
-        print("  " + orjson.dumps(headers).decode())
-    return 0 if (len(records), len(dead)) == (want_records, want_dlq) else 1
-
-
-def read_outputs(
-    settings: Settings, *, expected_records: int, expected_dlq: int, timeout: float
-) -> tuple[list[dict[str, object]], list[dict[str, str]]]:
-    """Committed output records and DLQ headers, read from the start until the expected counts or timeout."""
-    consumer = Consumer(
-        {
-            **settings.kafka_overrides("consumer"),
-            "group.id": "demo-reader",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    topics = consumer.list_topics(timeout=10).topics
-    consumer.assign(
-        [TopicPartition(t, p, 0) for t in (settings.output_topic, settings.dlq_topic) for p in topics[t].partitions]
-    )
-    records: list[dict[str, object]] = []
-    dead: list[dict[str, str]] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and (len(records) < expected_records or len(dead) < expected_dlq):
-        for message in consumer.consume(100, 0.5):
-            if message.error():
-                continue
-            if message.topic() == settings.output_topic:
-                records.append(orjson.loads(message.value() or b"null"))
-            else:
-                dead.append({PREFIX + k: v for k, v in dead_letter_fields(message.headers()).items()})
-    consumer.close()
-    return records, dead
+    return demo.run(lambda settings: app.build(settings).loop)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -204,12 +67,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ValidationError as error:
         print("problem: " + describe_errors(error))
         return 1
-    return ops.check(settings, args.timeout)
+    return check.check(settings, args.timeout)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
-        return ops.validate(ops.input_lines(args.file), "stdin" if args.file == "-" else args.file)
+        return validate.validate(validate.input_lines(args.file), "stdin" if args.file == "-" else args.file)
     except OSError as error:
         print(f"cannot read {args.file}: {error.strerror}", file=sys.stderr)
         return 2

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from worker.decode import Format
+from worker.processing.decode import Format
 
 ENV_PREFIX = "WORKER_"
 KAFKA_PREFIX = ENV_PREFIX + "KAFKA_"
@@ -108,12 +109,12 @@ class Settings(BaseSettings):
     # A change whose timeout command was sent gets another one after this, if it is still open by then.
     flush_lease_seconds: float = Field(60, gt=0)
     transactional_id: str = ""
-    # Worker processes in this container (worker/supervisor.py); "auto": one per core of its CPU quota.
+    # Worker processes in this container (worker/consumer/supervisor.py); "auto": one per core of its CPU quota.
     processes: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = 1
     # "topic=ums,other=cloudevents": input topics whose format is fixed; the others detect it per message.
     topic_formats: Annotated[dict[str, Format], NoDecode] = {}
 
-    # ---- `python -m worker ingest`: the signed webhook endpoint (worker/ingest.py) ----
+    # ---- `python -m worker ingest`: the signed webhook endpoint (worker/ingest/server.py) ----
     ingest_port: int = Field(8080, ge=0, le=65535)
     ingest_topic: str = ""  # empty: the first of input_topics
     # Comma-separated; a request is accepted when its signature matches any of them (rotation without downtime).
@@ -205,7 +206,7 @@ class Settings(BaseSettings):
 
     def effective_transactional_id(self) -> str:
         """Stable across restarts of one pod (hostname) and unique per process on one host (pid), except for
-        host-network pods (one hostname, pid 1 each): see `worker.output.TransactionalId`."""
+        host-network pods (one hostname, pid 1 each): see `worker.consumer.sinks.TransactionalId`."""
         return self.transactional_id or f"{self.group_id}-{socket.gethostname()}-{os.getpid()}"
 
 
@@ -228,3 +229,12 @@ def describe_errors(error: ValidationError) -> str:
         name = ENV_PREFIX + "_".join(str(p) for p in item["loc"][:1]).upper()
         lines.append(f"{name}: {item['msg']} (got {item.get('input')!r})")
     return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings() -> Settings:
+    """The settings from the environment; a bad value exits 2 with a message naming the variable."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        print(describe_errors(error), file=sys.stderr)
+        raise SystemExit(2) from None

@@ -40,8 +40,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from tests.integration.helpers import Stack, WorkerProcess, aborted_records_hidden, read_topic, wait_for
 from tests.support.corpus import OVERSIZED_BYTES, Corpus, comparable, generate
-from worker.localstack import free_port, start_kafka, start_redis
-from worker.output import TOO_LARGE
+from worker.consumer.sinks import TOO_LARGE
+from worker.local.stack import free_port, start_kafka, start_redis
 
 PARTITIONS = 8
 SPACING = 7.0  # seconds between two disruptions: more than the workers' session timeout (6 s)

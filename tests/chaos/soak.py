@@ -16,7 +16,7 @@ import orjson
 
 from tests.integration.helpers import Stack, wait_for
 from tests.support.corpus import generate
-from worker.localstack import start_kafka, start_redis
+from worker.local.stack import start_kafka, start_redis
 
 CHECKPOINTS = (10_000, 100_000, 250_000, 500_000, 750_000, 1_000_000)
 

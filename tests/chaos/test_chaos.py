@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from tests.chaos.chaos import Chaos, failed, run
-from worker.localstack import choose_broker
+from worker.local.stack import choose_broker
 
 ON_KAFKA = choose_broker(os.environ)[0] == "kafka"
 

@@ -91,7 +91,7 @@ def test_grace_period_covers_the_shutdown_and_the_pre_stop_pause(ingest: Docs, c
 
 def test_service_and_ingress_route_only_the_webhook_path_over_tls(ingest: Docs) -> None:
     from worker.config import Settings
-    from worker.ingest import WEBHOOK_PATH
+    from worker.ingest.server import WEBHOOK_PATH
 
     service = ingest["Service"]["spec"]
     assert service["selector"].items() <= labels(ingest).items()
@@ -146,8 +146,8 @@ def test_compose_service_and_scrape_job(compose: dict[str, Any]) -> None:
 
 
 def test_alerts_watch_401s_and_503s_of_the_webhook() -> None:
-    from worker.ingest import WEBHOOK_PATH
-    from worker.ingest_metrics import REQUESTS
+    from worker.ingest.metrics import REQUESTS
+    from worker.ingest.server import WEBHOOK_PATH
 
     groups = read_yaml(ROOT / "deploy" / "prometheus" / "alerts.yml")["groups"]
     rules = {r["alert"]: r for g in groups for r in g["rules"]}

@@ -111,10 +111,10 @@ def test_alerts_and_dashboard_use_only_exported_metrics(rules: Rules, dashboard:
 
 
 def test_exported_metrics_match_the_worker_code() -> None:
-    """METRICS above is what worker.metrics registers, so a renamed metric breaks this test."""
+    """METRICS above is what worker.consumer.metrics registers, so a renamed metric breaks this test."""
     from prometheus_client.metrics import MetricWrapperBase
 
-    from worker import metrics
+    from worker.consumer import metrics
 
     suffix = {"counter": "_total", "info": "_info"}
     exported = {

@@ -31,7 +31,7 @@ import pytest
 
 from tests.deploy.conftest import ROOT, BuiltImage
 from tests.integration.helpers import Stack, WorkerProcess
-from worker.localstack import free_port, start_kafka, start_redis
+from worker.local.stack import free_port, start_kafka, start_redis
 
 SEED = ROOT / "tests/fixtures/seed-events/group-created.json"
 # The first test here also waits for the image build: on a fresh machine a debootstrap base and a pip install.

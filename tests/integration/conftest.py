@@ -19,9 +19,8 @@ import pytest
 import redis
 
 from tests.integration.helpers import Stack, aborted_records_hidden
-from tests.integration.redis_cluster import durable_pair, redis_cluster  # noqa: F401  (fixtures)
-from worker.localkafka import KAFKA_VERSION
-from worker.localstack import Service, start_kafka, start_redis
+from worker.local.kafka import KAFKA_VERSION
+from worker.local.stack import Service, start_kafka, start_redis
 
 
 def _docker_engine() -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
-from worker.localstack import Service, create_topics, free_port
+from worker.local.stack import Service, create_topics, free_port
 
 TENANT = "tenant-1"
 FAST_GROUP = {

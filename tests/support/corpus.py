@@ -13,9 +13,9 @@ from typing import Any, Literal
 
 import orjson
 
-from worker.decode import decode
-from worker.models import Event
-from worker.records import change_info, group_change, membership_change
+from worker.processing.decode import decode
+from worker.processing.models import Event
+from worker.processing.records import change_info, group_change, membership_change
 
 Kind = Literal["mixed", "flat", "fanout"]
 Headers = list[tuple[str, str | bytes | None]]

@@ -1,4 +1,5 @@
-"""Shared helpers of the unit tests, as session fixtures (tests/unit is not a package, so nothing imports this).
+"""Input builders shared by the unit tests of every area, as session fixtures (seed examples, structured and
+binary mode).
 
 Convention of the builders: an override whose value is `...` (Ellipsis) removes that key.
 """
@@ -13,8 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from worker.decode import decode
-from worker.models import Event
+from worker.processing.decode import decode
+from worker.processing.models import Event
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED_DIR = ROOT / "tests" / "fixtures" / "seed-events"

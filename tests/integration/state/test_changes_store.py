@@ -1,0 +1,168 @@
+"""The Redis change store (worker/state/lua/change.lua, due.lua) gives the same answers as the in-memory store on the
+pure rules of worker/processing/reassembly.py, for any sequence of parts, replays, duplicates, timeout and continue
+commands, scans and settles (hypothesis, on a real Redis); and what only Redis can show: TTLs, nothing written
+for unknown changes, a scan that moves on (defect 7), bounded script work for a large change (defect 8)."""
+
+from __future__ import annotations
+
+import itertools
+
+import orjson
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from worker.processing.control import Command
+from worker.processing.reassembly import Part
+from worker.processing.records import ChangeInfo
+from worker.processing.stores import MemoryChangeStore
+from worker.state.changes import DEADLINES, RedisChangeStore, change_keys
+from worker.state.client import connect
+
+pytestmark = pytest.mark.integration
+
+USERS = st.lists(st.sampled_from("abcdefg"), min_size=0, max_size=4).map(tuple)
+CHUNK, TIMEOUT_MS, RESEND_MS = 2, 1_000, 500
+# ("part", position, users, final) | ("timeout", position) | ("continue", position, cursor) | ("scan", ms) | ("settle",)
+PART = st.tuples(st.just("part"), st.integers(0, 4), USERS, st.booleans())
+TIMEOUT = st.tuples(st.just("timeout"), st.integers(0, 3))
+CONTINUE = st.tuples(st.just("continue"), st.integers(0, 3), st.integers(0, 6))
+SCAN = st.tuples(st.just("scan"), st.integers(0, 1_500))
+SETTLE = st.tuples(st.just("settle"))
+changes = itertools.count()
+
+
+@pytest.fixture
+def client(redis_service: object) -> redis.Redis:
+    url = getattr(redis_service, "address", redis_service)
+    assert isinstance(url, str)
+    client = connect(url)
+    client.flushdb()
+    assert isinstance(client, redis.Redis)
+    return client
+
+
+def store(client: redis.Redis, chunk: int = CHUNK) -> RedisChangeStore:
+    return RedisChangeStore(client, timeout_ms=TIMEOUT_MS, ttl_seconds=600, resend_ms=RESEND_MS, chunk=chunk)
+
+
+def info(change_id: str) -> ChangeInfo:
+    return {
+        "change_id": change_id,
+        "tenant_id": "t",
+        "group_id": "g",
+        "group_name": "G",
+        "change": "group_updated",
+        "updates": [],
+        "occurred_at": "2024-01-01T00:00:00.000Z",
+    }
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.one_of(PART, PART, TIMEOUT, CONTINUE, CONTINUE, SCAN, SETTLE), max_size=16))
+def test_the_redis_store_agrees_with_the_in_memory_one(client: redis.Redis, ops: list[tuple]) -> None:
+    change_id = f"change-{next(changes)}"
+    redis_store, memory = store(client), MemoryChangeStore(TIMEOUT_MS, RESEND_MS, CHUNK)
+    parts: dict[int, Part] = {}
+    now = 1_000_000
+    for op in ops:
+        if op[0] == "part":
+            _, index, users, final = op
+            part = parts.setdefault(index, Part(f"in:0:{index}", f"event-{index}", users, final))  # same tag, same part
+            item = [(info(change_id), part)]
+            assert redis_store.apply_parts(item, now) == memory.apply_parts(item, now)
+        elif op[0] in ("timeout", "continue"):
+            command = [(Command(change_id, None if op[0] == "timeout" else op[2]), f"ctl:0:{op[1]}")]
+            assert redis_store.apply_commands(command) == memory.apply_commands(command)
+        elif op[0] == "scan":
+            now += op[1]
+            assert redis_store.due(now, 10) == memory.due(now, 10)
+        else:
+            redis_store.settle([change_id])
+            memory.settle([change_id])
+        assert redis_store.open_changes() == memory.open_changes()
+    redis_store.settle([change_id])
+
+
+def dump(client: redis.Redis, change_id: str) -> list[object]:
+    users, order, emitted, meta, chunks = change_keys(change_id)
+    hashes = [client.hgetall(key) for key in (users, emitted, meta, chunks)]
+    return [client.lrange(order, 0, -1), *hashes]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(users=st.lists(st.sampled_from("abcdefg"), max_size=8).map(tuple), chunk=st.integers(1, 4))
+def test_a_change_closed_by_its_first_part_is_stored_as_the_general_path_stores_it(
+    client: redis.Redis, users: tuple[str, ...], chunk: int
+) -> None:
+    """change.lua's short path (a change seen first in its final part) against its general one, reached by an
+    empty part first, which writes nothing but the change info: the same emission and the same state."""
+    fast, general = f"fast-{next(changes)}", f"general-{next(changes)}"
+    s = store(client, chunk)
+    final = Part("in:0:1", "e1", users, True)
+    (short,) = s.apply_parts([(info(fast), final)], 0)
+    assert s.apply_parts([(info(general), Part("in:0:0", "e0", (), False))], 0) == [None]
+    (long,) = s.apply_parts([(info(general), final)], 0)
+    assert short is not None and long is not None
+    assert short.emission == long.emission and short.info == info(fast) and long.info == info(general)
+    fast_state, general_state = dump(client, fast), dump(client, general)
+    fast_meta, general_meta = fast_state[3], general_state[3]  # order, users, emitted, meta, chunks
+    assert isinstance(fast_meta, dict) and isinstance(general_meta, dict)
+    assert fast_meta.pop(b"info") == orjson.dumps(info(fast)) and general_meta.pop(b"info") == orjson.dumps(
+        info(general)
+    )
+    assert fast_state == general_state
+
+
+def test_change_keys_share_one_hash_tag_and_expire(client: redis.Redis) -> None:
+    s = store(client)
+    (closed,) = s.apply_parts([(info("c-info"), Part("in:0:1", "e1", ("u", "v", "w"), True))], 0)
+    assert closed is not None and closed.info == info("c-info") and closed.emission.next_cursor == 2
+    keys = sorted(k.decode() for k in client.keys("gew:change:{c-info}:*"))
+    assert keys == sorted(change_keys("c-info")) and all(0 < client.ttl(k) <= 600 for k in keys)
+    assert client.ttl(DEADLINES) > 0
+    s.settle(["c-info"])
+    assert s.open_changes() == 0
+
+
+def test_a_command_for_an_unknown_change_emits_and_writes_nothing(client: redis.Redis) -> None:
+    s = store(client)
+    assert s.apply_commands([(Command("never-seen"), "ctl:0:1"), (Command("never-seen", 4), "ctl:0:2")]) == [None, None]
+    assert client.keys("gew:change:*") == []
+
+
+def test_a_scan_moves_on_from_the_changes_it_took(client: redis.Redis) -> None:
+    """Defect 7: `due()` returned the same oldest 200 ids on every scan, so 200 changes another worker was busy
+    with blocked every other change. A scan now moves the deadlines it takes ahead."""
+    s = store(client)
+    s.apply_parts([(info(f"c-{i:03}"), Part(f"in:0:{i}", f"e{i}", ("u",), False)) for i in range(250)], 0)
+    first = s.due(TIMEOUT_MS, 200)
+    second = s.due(TIMEOUT_MS, 200)
+    assert len(first) == 200 and len(second) == 50 and not set(first) & set(second)
+    assert s.due(TIMEOUT_MS + RESEND_MS - 1, 200) == []
+    assert sorted(s.due(TIMEOUT_MS + RESEND_MS, 500)) == sorted(first + second)  # not closed: sent again
+
+
+def test_a_large_change_is_emitted_in_bounded_chunks_each_user_once(client: redis.Redis) -> None:
+    """Defect 8: the final part emitted every collected user in one script reply. Now each call emits one chunk
+    and the cursor of the next; Redis does no call longer than a part plus a chunk."""
+    users = [f"user-{i:05}" for i in range(20_000)]
+    s = store(client, chunk=3_000)
+    parts = [
+        (info("big"), Part(f"in:0:{i}", f"e{i}", tuple(users[i * 1000 : (i + 1) * 1000]), False)) for i in range(20)
+    ]
+    assert s.apply_parts(parts, 0) == [None] * 20
+    (closed,) = s.apply_parts([(info("big"), Part("in:0:20", "e20", (), True))], 0)
+    emitted, steps, position = [], 0, itertools.count(1)
+    while closed is not None:
+        assert len(closed.emission.users) <= 3_000
+        emitted += [user for user, _ in closed.emission.users]
+        steps += 1
+        cursor = closed.emission.next_cursor
+        if cursor is None:
+            break
+        (closed,) = s.apply_commands([(Command("big", cursor), f"ctl:0:{next(position)}")])
+    assert emitted == users and steps == 7
+    slow = client.slowlog_get(128)
+    assert all(entry["duration"] < 1_000_000 for entry in slow)  # no call near a second

@@ -1,0 +1,351 @@
+"""The loop with fake Kafka clients and a fake processor: each librdkafka error at the point where the real
+clients raise it, and what is then emitted, committed, rewound (seeks) and retried."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client import REGISTRY
+
+from tests.support.kafka_fakes import (
+    ABORTABLE,
+    FATAL,
+    FENCED,
+    ILLEGAL_GENERATION,
+    PRODUCER_FENCED,
+    REBALANCE_IN_PROGRESS,
+    STATE,
+    TIMED_OUT,
+    FakeConsumer,
+    FakeKafka,
+    FakeMessage,
+    Fault,
+)
+from worker.config import Settings
+from worker.consumer.health import Health
+from worker.consumer.loop import Loop
+from worker.consumer.sinks import AtLeastOnceSink, Sink, TransactionalId, TransactionalSink
+from worker.processing.deadletter import dead_letter_fields
+from worker.processing.processor import BatchResult, Output
+
+IN, OUT, DLQ = "in", "out", "dlq"
+P0, P1 = (IN, 0), (IN, 1)
+
+
+def msg(partition: int, offset: int, value: bytes = b"{}") -> FakeMessage:
+    return FakeMessage(IN, partition, offset, value, headers=[("trace", b"t-1")])
+
+
+class FakeClock:
+    """Time moves 50 ms at every look, so back-offs end without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        self.now += 0.05
+        return self.now
+
+    def wall_ms(self) -> int:
+        return int(self.now * 1000)
+
+
+class FakeProcessor:
+    """One record per message (its position), or a DLQ copy of the whole value for values starting with
+    b"bad"; `failures` are raised by the next process calls."""
+
+    def __init__(self) -> None:
+        self.failures: deque[Exception] = deque()
+        self.processed: list[list[tuple[int, int]]] = []
+        self.settled: list[BatchResult] = []
+        self.times: list[int] = []
+
+    def process(self, messages: Sequence[Any], now_ms: int) -> BatchResult:
+        self.times.append(now_ms)
+        if self.failures:
+            raise self.failures.popleft()
+        self.processed.append([(m.partition(), m.offset()) for m in messages])
+        result = BatchResult()
+        for m in messages:
+            if m.value().startswith(b"bad"):
+                headers = [*m.headers(), ("dlq.reason", b"not_json"), ("dlq.source.offset", str(m.offset()).encode())]
+                result.outputs.append(Output(DLQ, m.key(), m.value(), headers))
+                result.dlq["not_json"] += 1
+            else:
+                result.outputs.append(Output(OUT, None, f"{m.partition()}:{m.offset()}".encode(), []))
+                result.records["test/v1"] += 1
+        return result
+
+    def scan_timeouts(self, now_ms: int) -> BatchResult:
+        return BatchResult()
+
+    def settle(self, result: BatchResult) -> None:
+        if result.outputs:  # the empty results of the timeout scans are settled too
+            self.settled.append(result)
+
+    def open_changes(self) -> int:
+        return 0
+
+
+class Harness:
+    def __init__(self, script: list[Any], guarantee: str = "exactly_once", **settings: Any) -> None:
+        self.kafka = FakeKafka()
+        self.consumer = FakeConsumer(self.kafka, script)
+        self.processor = FakeProcessor()
+        self.clock = FakeClock()
+        self.settings = Settings(
+            input_topics=[IN],
+            output_topic=OUT,
+            dlq_topic=DLQ,
+            processing_guarantee=guarantee,
+            shutdown_timeout_seconds=settings.pop("shutdown_timeout_seconds", 5),
+            **settings,
+        )
+        self.health = Health(300, self.clock.monotonic)
+        self.ids = TransactionalId("group-host-1", configured=False)
+        self.sink: Sink
+        if guarantee == "exactly_once":
+            self.sink = TransactionalSink(
+                {"transactional.id": "t"}, self.consumer, 1.0, DLQ, self.kafka.new_producer, self.ids
+            )
+        else:
+            self.sink = AtLeastOnceSink({}, self.consumer, 1.0, DLQ, self.kafka.new_producer)
+        self.loop = Loop(self.settings, self.consumer, self.sink, self.processor, self.health, self.clock)
+        self.idle = 0
+        self.consumer.on_idle = self._idle
+
+    def _idle(self) -> None:
+        """Stop once the script is used up and retries had time to finish (about 5 s of fake time)."""
+        self.idle += 1
+        if self.idle == 100:
+            self.loop.stop()
+
+    def run(self) -> Harness:
+        self.loop.run()
+        return self
+
+    def assign(self, *tps: tuple[str, int]) -> Callable[[], None]:
+        return lambda: self.consumer.assign(*tps)
+
+    def revoke(self, *tps: tuple[str, int], lost: bool = False) -> Callable[[], None]:
+        return lambda: self.consumer.revoke(*tps, lost=lost)
+
+    def outputs(self) -> list[bytes | None]:
+        return self.kafka.values(OUT)
+
+
+def test_a_clean_batch_commits_its_records_with_its_offsets_and_is_settled_once() -> None:
+    h = Harness([])
+    h.consumer.script.extend([h.assign(P0, P1), [msg(0, 10), msg(1, 5), msg(0, 11)]])
+    h.run()
+    assert h.outputs() == [b"0:10", b"1:5", b"0:11"]
+    assert h.kafka.group_offsets == {P0: 12, P1: 6}
+    assert len(h.processor.settled) == 1
+    assert h.consumer.topics == [IN, "group-events-worker.control"]
+    assert h.processor.times == [h.processor.times[0]] and h.processor.times[0] > 0
+
+
+@pytest.mark.parametrize("fault", [ILLEGAL_GENERATION, REBALANCE_IN_PROGRESS], ids=lambda e: e.name())
+def test_a_batch_dropped_because_the_group_moved_rewinds_its_partitions_still_assigned(fault: Any) -> None:
+    """Defect 1: without the seek, the next batch commits past the dropped messages."""
+    h = Harness([])
+    h.kafka.plan("send_offsets_to_transaction", fault)
+    batch = [msg(0, 10), msg(1, 5), msg(0, 11)]
+    h.consumer.script.extend([h.assign(P0, P1), batch, list(batch)])  # after the seek: the same messages again
+    h.run()
+    assert sorted(h.consumer.seeks) == [(IN, 0, 10), (IN, 1, 5)]
+    assert h.outputs() == [b"0:10", b"1:5", b"0:11"]
+    assert h.kafka.group_offsets == {P0: 12, P1: 6}
+
+
+def test_partitions_lost_while_a_batch_waits_rewind_only_what_is_still_assigned() -> None:
+    """Defect 1 and KIP-848: the lost partition's new owner replays it; ours is read again from the start."""
+    h = Harness([])
+    h.processor.failures.append(redis.ConnectionError("down"))
+    batch = [msg(0, 10), msg(1, 5)]
+    h.consumer.script.extend([h.assign(P0, P1), batch, h.revoke(P0, lost=True), [], [msg(1, 5)]])
+    h.run()
+    assert h.consumer.seeks == [(IN, 1, 5)]
+    assert h.outputs() == [b"1:5"]
+    assert h.kafka.group_offsets == {P1: 6}
+
+
+@pytest.mark.parametrize("fault", [FENCED, PRODUCER_FENCED], ids=lambda e: e.name())
+def test_a_fenced_producer_is_replaced_and_the_batch_retried_not_dropped(fault: Any) -> None:
+    """Defect 1: fencing is about the transactional id, not the partitions, which the consumer still owns."""
+    h = Harness([])
+    h.kafka.plan("commit_transaction", fault)
+    h.consumer.script.extend([h.assign(P0), [msg(0, 10), msg(0, 11)]])
+    h.run()
+    assert len(h.kafka.producers) == 2
+    assert h.outputs() == [b"0:10", b"0:11"]
+    assert h.kafka.group_offsets == {P0: 12}
+    assert h.consumer.seeks == []
+
+
+def test_a_process_fenced_with_the_default_id_takes_a_unique_id_for_its_next_producer() -> None:
+    h = Harness([])
+    h.kafka.plan("commit_transaction", PRODUCER_FENCED)
+    h.consumer.script.extend([h.assign(P0), [msg(0, 10)]])
+    h.run()
+    first, second = (p.config["transactional.id"] for p in h.kafka.producers)
+    assert first == "group-host-1" and second.startswith("group-host-1-") and second != first
+
+
+def test_a_fatal_commit_error_after_the_broker_committed_is_settled_not_redone() -> None:
+    """Defect 2: the batch's offsets are at its end, so it committed; redoing it would emit it twice."""
+    h = Harness([])
+    h.kafka.plan("commit_transaction", Fault(FATAL, applied=True))
+    h.consumer.script.extend([h.assign(P0), [msg(0, 10), msg(0, 11)]])
+    h.run()
+    assert h.outputs() == [b"0:10", b"0:11"]
+    assert len(h.processor.processed) == 1
+    assert len(h.processor.settled) == 1
+    assert len(h.kafka.producers) == 2
+
+
+def test_a_fatal_commit_error_that_did_not_commit_is_redone_with_a_new_producer() -> None:
+    h = Harness([])
+    h.kafka.plan("commit_transaction", FATAL)
+    h.kafka.plan("committed", TIMED_OUT)  # the first look at the group's offsets fails: look again
+    h.consumer.script.extend([h.assign(P0), [msg(0, 10), msg(0, 11)]])
+    h.run()
+    assert h.outputs() == [b"0:10", b"0:11"]
+    assert h.kafka.group_offsets == {P0: 12}
+    assert len(h.processor.settled) == 1
+
+
+def test_a_timed_out_commit_is_called_again_until_definite_even_across_a_revoke() -> None:
+    """Defect 3: aborting a commit in progress fails (_CONFLICT) and left every later batch failing."""
+    h = Harness([])
+    h.kafka.plan("commit_transaction", TIMED_OUT, TIMED_OUT)
+    h.consumer.script.extend(
+        [h.assign(P0), [msg(0, 10)], h.revoke(P0), h.assign(P0), [], [msg(0, 11)]]  # eager: all out, all back
+    )
+    h.run()
+    assert h.outputs() == [b"0:10", b"0:11"]
+    assert h.kafka.group_offsets == {P0: 12}
+    assert len(h.processor.processed) == 2  # the first batch was not redone
+    assert "abort_transaction" not in h.kafka.calls
+
+
+def test_a_timed_out_commit_that_then_fails_drops_the_batch_and_rewinds_it() -> None:
+    h = Harness([])
+    h.kafka.plan("commit_transaction", TIMED_OUT, ABORTABLE)
+    h.consumer.script.extend([h.assign(P0), [msg(0, 10)], [msg(0, 10)]])
+    h.run()
+    assert h.outputs() == [b"0:10"]
+    assert h.kafka.group_offsets == {P0: 11}
+
+
+@pytest.mark.parametrize("fault", [ABORTABLE, STATE], ids=lambda e: e.name())
+def test_an_error_from_produce_is_a_retry_not_the_end_of_the_loop(fault: Any) -> None:
+    """Defect 5: only BufferError was caught around produce."""
+    h = Harness([])
+    h.kafka.plan("produce", fault)
+    h.consumer.script.extend([h.assign(P0), [msg(0, 10), msg(0, 11)]])
+    h.run()
+    assert h.outputs() == [b"0:10", b"0:11"]
+    assert h.kafka.group_offsets == {P0: 12}
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+@pytest.mark.parametrize("where", ["producer", "broker"])
+def test_an_output_too_large_goes_to_the_dlq_as_a_stub(guarantee: str, where: str) -> None:
+    """Defect 5: an invalid input accepted compressed is copied whole to the DLQ and exceeds the limit."""
+    h = Harness([], guarantee)
+    if where == "broker":
+        h.kafka.broker_max_bytes = 1000
+    huge = b"bad" + b"x" * (2_000_000 if where == "producer" else 5000)
+    h.consumer.script.extend([h.assign(P0), [msg(0, 10), msg(0, 11, huge), msg(0, 12)]])
+    h.run()
+    assert h.outputs() == [b"0:10", b"0:12"]
+    [(_topic, _key, value, headers)] = [r for r in h.kafka.records if r[0] == DLQ]
+    assert value is None
+    fields = dead_letter_fields(headers)
+    assert fields["reason"] == "too_large"
+    assert str(len(huge)) in fields["detail"]
+    assert fields["source.offset"] == "11"
+    assert ("trace", b"t-1") in headers
+    assert h.kafka.group_offsets == {P0: 13}
+
+
+def test_an_incremental_revoke_of_other_partitions_leaves_the_waiting_batch_alone() -> None:
+    """KIP-848: only the revoked partitions' work is dropped; a batch of the others goes on."""
+    h = Harness([])
+    h.processor.failures.append(redis.ConnectionError("down"))
+    h.consumer.script.extend([h.assign(P0, P1), [msg(0, 10)], h.revoke(P1)])
+    h.run()
+    assert h.outputs() == [b"0:10"]
+    assert h.consumer.seeks == []
+    assert h.health.assigned == 1
+
+
+def test_a_stop_while_a_batch_waits_drops_it_and_rewinds_it() -> None:
+    h = Harness([])
+    h.processor.failures.extend([redis.ConnectionError("down")] * 3)
+    h.consumer.script.extend([h.assign(P0), [msg(0, 10)], h.loop.stop])
+    h.run()
+    assert h.outputs() == []
+    assert h.consumer.seeks == [(IN, 0, 10)]
+    assert h.consumer.closed
+
+
+def test_shutdown_is_bounded_and_the_member_leaves_the_group_when_the_abort_hangs() -> None:
+    """Defect 9: the abort had its own 30 s timeout and the consumer was closed only after it."""
+    h = Harness([], shutdown_timeout_seconds=0.5)
+    h.kafka.plan("produce", ABORTABLE)
+    h.kafka.plan("abort_transaction", TIMED_OUT, TIMED_OUT)  # still open after the retry's and the drop's abort
+
+    def hang_aborts() -> None:
+        h.kafka.producers[-1].abort_blocks = threading.Event()  # never set: each abort takes its timeout
+        h.loop.stop()
+
+    h.consumer.script.extend([h.assign(P0), [msg(0, 10)], hang_aborts])
+    started = time.monotonic()
+    h.run()
+    assert h.consumer.closed
+    assert time.monotonic() - started < 5
+
+
+def test_lag_is_measured_from_the_committed_offsets_not_the_position() -> None:
+    """Defect 9: the position runs ahead while a batch retries."""
+    h = Harness([])
+    h.consumer.script.extend([h.assign(P0)])
+    h.kafka.group_offsets[P0] = 40
+    h.consumer.positions[P0] = 100
+    h.consumer.high[P0] = 120
+    h.run()
+    assert REGISTRY.get_sample_value("worker_consumer_lag", {"topic": IN, "partition": "0"}) == 80
+
+
+def test_retries_are_counted_by_cause() -> None:
+    h = Harness([])
+    before = Counter(
+        {c: REGISTRY.get_sample_value("worker_batch_retries_total", {"cause": c}) or 0 for c in ("redis", "kafka")}
+    )
+    h.processor.failures.append(redis.ConnectionError("down"))
+    h.kafka.plan("commit_transaction", ABORTABLE)
+    h.consumer.script.extend([h.assign(P0), [msg(0, 10)]])
+    h.run()
+    after = {c: REGISTRY.get_sample_value("worker_batch_retries_total", {"cause": c}) or 0 for c in before}
+    assert (after["redis"] - before["redis"], after["kafka"] - before["kafka"]) == (1, 1)
+    assert h.outputs() == [b"0:10"]
+
+
+def test_the_producer_fences_its_predecessor_before_the_first_poll() -> None:
+    """A restarted worker's consumer fetches its committed offsets with RequireStable (read_committed, KIP-447),
+    which waits while its predecessor's transaction is pending: if init_transactions (which aborts that
+    transaction) only came with the first batch, the restart would wait out transaction.timeout.ms (60 s by
+    default) before it consumed anything."""
+    h = Harness([])
+    first_poll: list[list[str]] = []
+    h.consumer.script.append(lambda: first_poll.append(list(h.kafka.calls)))
+    h.run()
+    assert first_poll == [["init_transactions"]]

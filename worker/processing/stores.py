@@ -1,0 +1,164 @@
+"""The processor's state, behind three small interfaces, and their in-memory implementations.
+
+- `DedupeStore`: who claimed each event first (Redis: `worker/state/dedupe.py`).
+- `ChangeStore`: the open `users.modified` changes, their deadlines and chunked closes (Redis:
+  `worker/state/changes.py`).
+- `TenantGroupStore`: each tenant's live group ids (Redis: `worker/state/tenants.py`).
+
+The in-memory ones apply the same pure rules (`worker/processing/reassembly.py`) to dicts.
+`python -m worker validate`, the demo's expected counts and the unit tests run the real `Processor` on them;
+the integration tests check that the Redis stores give the same answers
+(`tests/integration/state/test_changes_store.py`, `test_dedupe_store.py`).
+Every method may raise `redis.RedisError` in the Redis implementations; the in-memory ones never fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from worker.processing.control import Command
+from worker.processing.models import Event
+from worker.processing.reassembly import (
+    CHUNK_USERS,
+    ChangeState,
+    Emission,
+    Part,
+    apply_continue,
+    apply_part,
+    apply_timeout,
+)
+from worker.processing.records import ChangeInfo, digest
+from worker.processing.tenants import GroupCount
+
+
+def dedupe_id(event: Event) -> str:
+    """What a `DedupeStore` claims for an event: a digest of (tenant, source, type, id). Type is part of it
+    because Qlik reuses ids across types."""
+    e = event.envelope
+    return digest(event.data.tenant_id, e.source, e.type, e.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """An emission with the record fields stored for its change."""
+
+    info: ChangeInfo
+    emission: Emission
+
+
+class DedupeStore(Protocol):
+    def claim(self, claims: Sequence[tuple[Event, str]]) -> list[bool]:
+        """(event, position tag) -> True where this position owns the event, False for a duplicate. Copies
+        inside one batch: the first in batch order owns it."""
+        ...
+
+
+class ChangeStore(Protocol):
+    def apply_parts(self, parts: Sequence[tuple[ChangeInfo, Part]], now_ms: int) -> list[Closed | None]:
+        """Apply parts in order (each change gets a deadline `now_ms` + the batch timeout the first time);
+        each result is what that part emits (None: nothing)."""
+        ...
+
+    def apply_commands(self, commands: Sequence[tuple[Command, str]]) -> list[Closed | None]:
+        """Carry out control commands (command, its position tag) in order; each result is what it emits."""
+        ...
+
+    def due(self, now_ms: int, limit: int) -> list[str]:
+        """Up to `limit` changes whose deadline passed, oldest first; their deadlines move ahead by the resend
+        interval, so the next scan takes other ones."""
+        ...
+
+    def settle(self, closed_ids: Sequence[str]) -> None:
+        """After Kafka confirmed their close: these changes need no timeout command any more."""
+        ...
+
+    def open_changes(self) -> int:
+        """Changes with a deadline (waiting for their final part or their timeout), cluster-wide."""
+        ...
+
+
+class TenantGroupStore(Protocol):
+    def apply(self, changes: Sequence[GroupCount]) -> list[int]:
+        """Apply group creations and deletions in order: each one's tenant's count of live groups right after."""
+        ...
+
+
+@dataclass
+class MemoryDedupe:
+    owners: dict[str, str] = field(default_factory=dict)  # dedupe key -> position tag that claimed it
+
+    def claim(self, claims: Sequence[tuple[Event, str]]) -> list[bool]:
+        return [self.owners.setdefault(dedupe_id(event), tag) == tag for event, tag in claims]
+
+    def owner(self, event: Event) -> str | None:
+        return self.owners.get(dedupe_id(event))
+
+
+@dataclass
+class MemoryChange:
+    info: ChangeInfo  # of its first part, as the Redis store keeps it
+    state: ChangeState = field(default_factory=ChangeState)
+
+
+@dataclass
+class MemoryChangeStore:
+    timeout_ms: int
+    resend_ms: int
+    chunk: int = CHUNK_USERS
+    changes: dict[str, MemoryChange] = field(default_factory=dict)
+    deadlines: dict[str, int] = field(default_factory=dict)
+
+    def apply_parts(self, parts: Sequence[tuple[ChangeInfo, Part]], now_ms: int) -> list[Closed | None]:
+        out: list[Closed | None] = []
+        for info, part in parts:
+            self.deadlines.setdefault(info["change_id"], now_ms + self.timeout_ms)
+            change = self.changes.setdefault(info["change_id"], MemoryChange(info))
+            out.append(_closed(change, apply_part(change.state, part, self.chunk)))
+        return out
+
+    def apply_commands(self, commands: Sequence[tuple[Command, str]]) -> list[Closed | None]:
+        out: list[Closed | None] = []
+        for command, tag in commands:
+            change = self.changes.get(command.change_id)
+            if change is None:
+                out.append(None)
+            elif command.cursor is None:
+                out.append(_closed(change, apply_timeout(change.state, tag, self.chunk)))
+            else:
+                out.append(_closed(change, apply_continue(change.state, tag, command.cursor, self.chunk)))
+        return out
+
+    def due(self, now_ms: int, limit: int) -> list[str]:
+        due = sorted((d, cid) for cid, d in self.deadlines.items() if d <= now_ms)[:limit]
+        for _, change_id in due:
+            self.deadlines[change_id] = now_ms + self.resend_ms
+        return [change_id for _, change_id in due]
+
+    def settle(self, closed_ids: Sequence[str]) -> None:
+        for change_id in closed_ids:
+            self.deadlines.pop(change_id, None)
+
+    def open_changes(self) -> int:
+        return len(self.deadlines)
+
+
+@dataclass
+class MemoryTenantGroups:
+    groups: dict[str, set[str]] = field(default_factory=dict)  # tenant -> live group ids
+
+    def apply(self, changes: Sequence[GroupCount]) -> list[int]:
+        sizes = []
+        for change in changes:
+            live = self.groups.setdefault(change.tenant_id, set())
+            if change.created:
+                live.add(change.group_id)
+            else:
+                live.discard(change.group_id)
+            sizes.append(len(live))
+        return sizes
+
+
+def _closed(change: MemoryChange, emission: Emission | None) -> Closed | None:
+    return None if emission is None else Closed(change.info, emission)

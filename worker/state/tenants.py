@@ -1,0 +1,50 @@
+"""Tenant group sets in Redis: `worker.processing.stores.TenantGroupStore` (the rules are in
+`worker/processing/tenants.py`).
+
+Key layout:
+- `gew:tenant:{<tenant_id>}:groups`: set of live group ids. A set, not a counter, so replays, duplicates and
+  the same group reported by both formats count once. Changed only by `worker/state/lua/tenant_groups.lua`
+  (one call per tenant per batch, all in one round trip, only for batches that create or delete groups). Its
+  TTL, `TTL_SECONDS`, restarts at every change: it only collects tenants that went away; a tenant without group
+  creations or deletions for that long starts counting from zero again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from worker.processing.tenants import GroupCount
+from worker.state.client import Call, Client, LuaScript
+
+TTL_SECONDS: Final = 30 * 86_400
+
+
+def groups_key(tenant_id: str) -> str:
+    return "gew:tenant:{" + tenant_id + "}:groups"
+
+
+class TenantGroups:
+    """`worker.processing.stores.TenantGroupStore` in Redis: the sets of live group ids, one per tenant (one key
+    per call, so one cluster slot)."""
+
+    def __init__(self, client: Client, ttl_seconds: int = TTL_SECONDS) -> None:
+        self._script = LuaScript(client, "tenant_groups")
+        self._ttl = ttl_seconds
+
+    def apply(self, changes: Sequence[GroupCount]) -> list[int]:
+        """In one round trip (none when there are no changes)."""
+        by_tenant: dict[str, list[int]] = {}
+        for index, change in enumerate(changes):
+            by_tenant.setdefault(change.tenant_id, []).append(index)
+        calls: list[Call] = []
+        for tenant_id, indexes in by_tenant.items():
+            args: list[str | int] = [self._ttl]
+            for i in indexes:
+                args += ["+" if changes[i].created else "-", changes[i].group_id]
+            calls.append(([groups_key(tenant_id)], args))
+        sizes = [0] * len(changes)
+        for indexes, replies in zip(by_tenant.values(), self._script.run(calls), strict=True):
+            for i, size in zip(indexes, replies, strict=True):
+                sizes[i] = int(size)
+        return sizes
