@@ -19,6 +19,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from worker.consumer.kafka import KafkaConsumer, KafkaMessage, KafkaProducer
+from worker.processing.decode import Headers
 
 TP = tuple[str, int]
 
@@ -56,7 +57,7 @@ class FakeMessage:
         offset: int,
         value: bytes | None = b"{}",
         key: bytes | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: Headers = None,
         error: KafkaError | None = None,
     ) -> None:
         self._topic, self._partition, self._offset = topic, partition, offset
@@ -77,7 +78,7 @@ class FakeMessage:
     def key(self) -> bytes | None:
         return self._key
 
-    def headers(self) -> list[tuple[str, bytes]] | None:
+    def headers(self) -> Headers:
         return self._headers
 
     def error(self) -> KafkaError | None:

@@ -4,16 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.cli import main
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.support.cli import run
 
 
 @pytest.mark.parametrize(

@@ -12,18 +12,15 @@ from typing import Any, Literal, Protocol
 
 from confluent_kafka import TopicPartition
 
+from worker.processing.processor import Message
+
 Rebalance = Callable[[Any, list[TopicPartition]], None]  # (the consumer, the partitions) -> None
 
 
-class KafkaMessage(Protocol):
-    """A consumed message, or an error event (`error()` not None: no usable topic, partition or offset)."""
+class KafkaMessage(Message, Protocol):
+    """A consumed message (what the processing reads of it), or an error event (`error()` not None: no usable
+    topic, partition or offset)."""
 
-    def topic(self) -> str | None: ...
-    def partition(self) -> int | None: ...
-    def offset(self) -> int | None: ...
-    def key(self) -> bytes | None: ...
-    def value(self) -> bytes | None: ...
-    def headers(self) -> Any: ...
     def error(self) -> Any: ...
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from worker.cli import main
+from tests.support.cli import run
 from worker.config import Settings
 from worker.ops import dlq
 from worker.ops.check import redact
@@ -21,15 +21,6 @@ from worker.ops.dlq import DeadLetter
 SEEDS = Path(__file__).parents[2] / "fixtures" / "seed-events"
 TENANT = "VZhiEfgW2bLd7HgR-jjzAh6VnicipweT"
 USERS_MODIFIED = "com.qlik.v1.group.users.modified"
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ---- validate ----------------------------------------------------------------------------------------------
