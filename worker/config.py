@@ -132,6 +132,14 @@ class Settings(BaseSettings):
     group_id: str = "group-events-worker"
     redis_url: str = "redis://localhost:6379/0"
     redis_cluster: bool = False  # WORKER_REDIS_URL names one node of a Redis Cluster: use a cluster client
+    # The Redis ACL user and its password (from a Secret: a password in WORKER_REDIS_URL would sit in a
+    # ConfigMap). TLS with a rediss:// URL: the CA of the server's certificate (else the system's), and a client
+    # certificate and key where Redis asks for one (tls-auth-clients).
+    redis_username: str = ""
+    redis_password: SecretStr = SecretStr("")
+    redis_tls_ca_file: str = ""
+    redis_tls_certfile: str = ""
+    redis_tls_keyfile: str = ""
     # Replicas that must acknowledge a batch's Redis writes (WAIT) before its Kafka commit; 0: no wait.
     redis_min_replicas: int = Field(0, ge=0)
     metrics_port: int = Field(9400, ge=0, le=65535)
@@ -238,6 +246,14 @@ class Settings(BaseSettings):
         if bool(value) != bool(info.data.get("ingest_tls_certfile")):
             raise ValueError("set WORKER_INGEST_TLS_CERTFILE and WORKER_INGEST_TLS_KEYFILE together, or neither")
         return value
+
+    @model_validator(mode="after")
+    def _redis_tls(self) -> Self:
+        if (self.redis_tls_ca_file or self.redis_tls_certfile) and not self.redis_url.startswith("rediss://"):
+            raise ValueError("WORKER_REDIS_TLS_* need a rediss:// WORKER_REDIS_URL")
+        if bool(self.redis_tls_certfile) != bool(self.redis_tls_keyfile):
+            raise ValueError("set WORKER_REDIS_TLS_CERTFILE and WORKER_REDIS_TLS_KEYFILE together, or neither")
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

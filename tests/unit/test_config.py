@@ -305,3 +305,39 @@ def test_a_bad_secrets_file_is_refused_without_echoing_it(monkeypatch, tmp_path)
     monkeypatch.setenv("WORKER_INGEST_SECRETS_FILE", str(tmp_path / "missing"))
     with pytest.raises(ValidationError):
         Settings()
+
+
+# ---- Redis authentication and TLS (issue 20, item 3) -----------------------------------------------------------
+
+
+def test_redis_user_password_and_tls_files_become_client_options(monkeypatch):
+    from worker.state.client import security_options
+
+    assert security_options(Settings()) == {}
+    monkeypatch.setenv("WORKER_REDIS_URL", "rediss://redis:6380/0")
+    monkeypatch.setenv("WORKER_REDIS_USERNAME", "group-events-worker")
+    monkeypatch.setenv("WORKER_REDIS_PASSWORD", "p4ssw0rd-p4ssw0rd")
+    monkeypatch.setenv("WORKER_REDIS_TLS_CA_FILE", "/etc/redis-ca/ca.crt")
+    settings = Settings()
+    assert "p4ssw0rd" not in repr(settings)
+    assert security_options(settings) == {
+        "username": "group-events-worker",
+        "password": "p4ssw0rd-p4ssw0rd",
+        "ssl_ca_certs": "/etc/redis-ca/ca.crt",
+    }
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {"WORKER_REDIS_TLS_CA_FILE": "/ca.crt"},  # TLS files with a redis:// URL: TLS would silently be off
+        {"WORKER_REDIS_URL": "rediss://r:6380/0", "WORKER_REDIS_TLS_CERTFILE": "/c.pem"},  # a certificate, no key
+    ],
+)
+def test_redis_tls_settings_that_would_not_take_effect_are_refused(monkeypatch, variables):
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("WORKER_REDIS_PASSWORD", "p4ssw0rd-p4ssw0rd")
+    with pytest.raises(ValidationError) as error:
+        Settings()
+    assert "WORKER_REDIS_TLS" in describe_errors(error.value) and "p4ssw0rd" not in describe_errors(error.value)
