@@ -1,0 +1,85 @@
+"""Each group's recency in Redis: `worker.processing.stores.RecencyStore` (the rules are in
+`worker/processing/recency.py`, applied by `worker/state/lua/recency.lua`).
+
+Key layout, one hash tag per group (a digest of tenant and group id: the ids may hold any character, and two
+groups must never share a tag by how their ids are cut), so every script call touches one Redis Cluster slot:
+- `gew:group:{<digest>}:newest`            hash: time, deleted of the newest occurrence emitted. TTL
+  `NEWEST_TTL_SECONDS` (30 days), restarted at every call for the group: longer than Qlik resends old
+  deliveries (7 days) and the dedupe window, so a late copy still finds what it is older than. A group
+  without any event for that long starts over (its next event is taken as the newest).
+- `gew:group:{<digest>}:verdict:<tag>`     the verdict ("0"/"1") the emission of message `tag` got, so that
+  tag gets it again whenever it runs again. A key per emission, so each expires on its own: TTL `step_ttl`
+  (the change keys' `batch_timeout + dedupe_ttl`: a position is never replayed later than that).
+- `gew:group:{<digest>}:change:<change_id>` the latest part time seen of a change: TTL `step_ttl`, restarted at
+  every part, as the change's own keys.
+One call per group per batch, all of a batch's calls in one round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from worker.processing.recency import Emitted, GroupKey, Step, time_text
+from worker.processing.records import digest
+from worker.state.client import Arg, Call, Client, LuaScript
+
+NEWEST_TTL_SECONDS: Final = 30 * 86_400
+
+
+def group_prefix(group: GroupKey) -> str:
+    return "gew:group:{" + digest(*group) + "}:"
+
+
+def newest_key(group: GroupKey) -> str:
+    return group_prefix(group) + "newest"
+
+
+def verdict_key(group: GroupKey, tag: str) -> str:
+    return group_prefix(group) + "verdict:" + tag
+
+
+def change_time_key(group: GroupKey, change_id: str) -> str:
+    return group_prefix(group) + "change:" + change_id
+
+
+class RedisRecency:
+    """`worker.processing.stores.RecencyStore` in Redis."""
+
+    def __init__(self, client: Client, *, step_ttl_seconds: int, newest_ttl_seconds: int = NEWEST_TTL_SECONDS) -> None:
+        self._script = LuaScript(client, "recency")
+        self._step_ttl, self._newest_ttl = step_ttl_seconds, newest_ttl_seconds
+
+    def apply(self, steps: Sequence[Step]) -> list[bool]:
+        """In one round trip (none without steps): one script call per group, its steps in order."""
+        by_group: dict[GroupKey, list[int]] = {}
+        for index, step in enumerate(steps):
+            by_group.setdefault(step.group, []).append(index)
+        calls: list[Call] = []
+        for group, indexes in by_group.items():
+            keys: list[str] = [newest_key(group)]
+            args: list[Arg] = [self._newest_ttl, self._step_ttl]
+            for step in (steps[i] for i in indexes):
+                keys += _keys(step)
+                args += _args(step)
+            calls.append((keys, args))
+        verdicts = [False] * len(steps)
+        for indexes, replies in zip(by_group.values(), self._script.run(calls), strict=True):
+            for i, verdict in zip(indexes, replies, strict=True):
+                verdicts[i] = verdict == 1
+        return verdicts
+
+
+def _keys(step: Step) -> list[str]:
+    if not isinstance(step, Emitted):
+        return [change_time_key(step.group, step.change_id)]
+    if step.change_id is None:
+        return [verdict_key(step.group, step.tag)]
+    return [verdict_key(step.group, step.tag), change_time_key(step.group, step.change_id)]
+
+
+def _args(step: Step) -> list[Arg]:
+    if not isinstance(step, Emitted):
+        return ["seen", time_text(step.time), "0"]
+    op = "emitted" if step.change_id is None else "change"
+    return [op, time_text(step.occurrence.time), "1" if step.occurrence.deleted else "0"]
