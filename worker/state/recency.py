@@ -3,7 +3,7 @@
 
 Key layout, one hash tag per group (a digest of tenant and group id: the ids may hold any character, and two
 groups must never share a tag by how their ids are cut), so every script call touches one Redis Cluster slot:
-- `gew:group:{<digest>}:newest`            hash: time, deleted of the newest occurrence emitted. TTL
+- `gew:group:{<digest>}:newest`            the newest occurrence emitted, as `occurrence_text` gives it. TTL
   `NEWEST_TTL_SECONDS` (30 days), restarted at every call for the group: longer than Qlik resends old
   deliveries (7 days) and the dedupe window, so a late copy still finds what it is older than. A group
   without any event for that long starts over (its next event is taken as the newest).
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-from worker.processing.recency import Emitted, GroupKey, Step, time_text
+from worker.processing.recency import Emitted, GroupKey, Occurrence, Step, time_text
 from worker.processing.records import digest
 from worker.state.client import Arg, Call, Client, LuaScript
 
@@ -28,19 +28,25 @@ NEWEST_TTL_SECONDS: Final = 30 * 86_400
 
 
 def group_prefix(group: GroupKey) -> str:
+    """What every key of the group starts with (the digest is computed once per group and batch)."""
     return "gew:group:{" + digest(*group) + "}:"
 
 
-def newest_key(group: GroupKey) -> str:
-    return group_prefix(group) + "newest"
+def newest_key(prefix: str) -> str:
+    return prefix + "newest"
 
 
-def verdict_key(group: GroupKey, tag: str) -> str:
-    return group_prefix(group) + "verdict:" + tag
+def verdict_key(prefix: str, tag: str) -> str:
+    return prefix + "verdict:" + tag
 
 
-def change_time_key(group: GroupKey, change_id: str) -> str:
-    return group_prefix(group) + "change:" + change_id
+def change_time_key(prefix: str, change_id: str) -> str:
+    return prefix + "change:" + change_id
+
+
+def occurrence_text(occurrence: Occurrence) -> str:
+    """`<time>:<0|1>`: as text, occurrences order as the rule orders them (worker/state/lua/recency.lua)."""
+    return time_text(occurrence.time) + (":1" if occurrence.deleted else ":0")
 
 
 class RedisRecency:
@@ -57,29 +63,22 @@ class RedisRecency:
             by_group.setdefault(step.group, []).append(index)
         calls: list[Call] = []
         for group, indexes in by_group.items():
-            keys: list[str] = [newest_key(group)]
+            prefix = group_prefix(group)
+            keys: list[str] = [newest_key(prefix)]
             args: list[Arg] = [self._newest_ttl, self._step_ttl]
             for step in (steps[i] for i in indexes):
-                keys += _keys(step)
-                args += _args(step)
+                if not isinstance(step, Emitted):
+                    keys.append(change_time_key(prefix, step.change_id))
+                    args += ["seen", time_text(step.time)]
+                elif step.change_id is None:
+                    keys.append(verdict_key(prefix, step.tag))
+                    args += ["emitted", occurrence_text(step.occurrence)]
+                else:
+                    keys += [verdict_key(prefix, step.tag), change_time_key(prefix, step.change_id)]
+                    args += ["change", occurrence_text(step.occurrence)]
             calls.append((keys, args))
         verdicts = [False] * len(steps)
         for indexes, replies in zip(by_group.values(), self._script.run(calls), strict=True):
             for i, verdict in zip(indexes, replies, strict=True):
                 verdicts[i] = verdict == 1
         return verdicts
-
-
-def _keys(step: Step) -> list[str]:
-    if not isinstance(step, Emitted):
-        return [change_time_key(step.group, step.change_id)]
-    if step.change_id is None:
-        return [verdict_key(step.group, step.tag)]
-    return [verdict_key(step.group, step.tag), change_time_key(step.group, step.change_id)]
-
-
-def _args(step: Step) -> list[Arg]:
-    if not isinstance(step, Emitted):
-        return ["seen", time_text(step.time), "0"]
-    op = "emitted" if step.change_id is None else "change"
-    return [op, time_text(step.occurrence.time), "1" if step.occurrence.deleted else "0"]

@@ -22,7 +22,14 @@ from worker.processing.offline import PlainMessage
 from worker.processing.recency import Emitted, Occurrence, Seen, Step
 from worker.processing.stores import MemoryRecency
 from worker.state.client import connect
-from worker.state.recency import NEWEST_TTL_SECONDS, RedisRecency, _keys, newest_key, verdict_key
+from worker.state.recency import (
+    NEWEST_TTL_SECONDS,
+    RedisRecency,
+    change_time_key,
+    group_prefix,
+    newest_key,
+    verdict_key,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +75,7 @@ def test_the_redis_store_agrees_with_the_pure_rule(client: redis.Redis, data: st
     group_of: dict[str, tuple[str, str]] = {}
     steps = [s for s in steps if not isinstance(s, Emitted) or group_of.setdefault(s.tag, s.group) == s.group]
     redis_store, memory = RedisRecency(client, step_ttl_seconds=STEP_TTL), MemoryRecency()
-    client.delete(*{newest_key(step.group) for step in steps} or {"none"})
+    client.delete(*{newest_key(group_prefix(step.group)) for step in steps} or {"none"})
     bounds = sorted({0, len(steps), *(min(cut, len(steps)) for cut in cuts)})
     for start, stop in itertools.pairwise(bounds):
         batch = steps[start:stop]
@@ -84,11 +91,15 @@ def test_every_call_touches_one_hash_tag_and_its_keys_expire(client: redis.Redis
         Emitted(group, "ctl:0:2", Occurrence(BASE, False), "change-1"),
     ]
     assert store.apply(steps) == [False, False, False]
-    keys = [newest_key(group), *(key for step in steps for key in _keys(step))]
-    assert len({key_slot(key.encode()) for key in keys}) == 1
-    assert NEWEST_TTL_SECONDS - 5 < client.ttl(newest_key(group)) <= NEWEST_TTL_SECONDS
-    assert all(0 < client.ttl(key) <= STEP_TTL for key in keys[1:])
-    assert client.get(verdict_key(group, "in:0:1")) == b"0"
+    prefix = group_prefix(group)
+    steps_keys = [change_time_key(prefix, "change-1"), verdict_key(prefix, "in:0:1"), verdict_key(prefix, "ctl:0:2")]
+    assert sorted(k.decode() for k in client.keys(prefix.replace("{", "[{]").replace("}", "[}]") + "*")) == sorted(
+        [newest_key(prefix), *steps_keys]
+    )
+    assert len({key_slot(key.encode()) for key in [newest_key(prefix), *steps_keys]}) == 1
+    assert NEWEST_TTL_SECONDS - 5 < client.ttl(newest_key(prefix)) <= NEWEST_TTL_SECONDS
+    assert all(0 < client.ttl(key) <= STEP_TTL for key in steps_keys)
+    assert client.get(verdict_key(prefix, "in:0:1")) == b"0"
 
 
 def test_the_processor_on_redis_gives_a_replayed_position_its_first_verdicts(

@@ -1,47 +1,50 @@
 -- Steps of one group's recency; the rules are worker/processing/recency.py (apply), the key layout is
--- worker/state/recency.py. Times are fixed-width decimal strings (microseconds since year 1), compared as
--- strings: exact, without Lua's floating point. Deleted is '0' or '1', compared the same way.
--- KEYS[1]: the group's newest hash (time, deleted); then the keys of each step, in order:
---   'seen':    the change's time key
---   'emitted': the tag's verdict key
---   'change':  the tag's verdict key, the change's time key
--- ARGV[1]: TTL of the newest hash; ARGV[2]: TTL of verdicts and change times; then per step: op, time, deleted
--- ('seen' ignores deleted; 'change' uses the change's time when one was seen, else its own).
+-- worker/state/recency.py. An occurrence is the text `<time>:<deleted>`: the time in fixed-width decimal
+-- (microseconds since year 1), deleted '0' or '1'. Compared as strings they order exactly as the rule orders
+-- occurrences (by time, then a deletion after an update), without Lua's floating point.
+-- KEYS[1]: the group's newest occurrence; then the keys of each step, in order:
+--   'seen':    the change's latest part time
+--   'emitted': the tag's verdict
+--   'change':  the tag's verdict, the change's latest part time
+-- ARGV[1]: TTL of the newest; ARGV[2]: TTL of verdicts and change times; then per step: op, value:
+--   'seen': the part's time; 'emitted': the occurrence; 'change': its occurrence, whose time the change's
+--   latest part time replaces when one was seen.
 -- Returns one verdict per step: 1 superseded, 0 not (always 0 for 'seen').
 local newest_key, newest_ttl, step_ttl = KEYS[1], ARGV[1], ARGV[2]
-local current = redis.call('HMGET', newest_key, 'time', 'deleted')
-local newest_time, newest_deleted = current[1], current[2]
+local newest = redis.call('GET', newest_key)
 local changed = false
 local verdicts = {}
 local k = 2
-for a = 3, #ARGV, 3 do
-  local op, time, deleted = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+for a = 3, #ARGV, 2 do
+  local op, value = ARGV[a], ARGV[a + 1]
   if op == 'seen' then
-    local change_key = KEYS[k]
-    k = k + 1
-    local latest = redis.call('GET', change_key)
-    if not latest or time > latest then
-      redis.call('SET', change_key, time, 'EX', step_ttl)
+    local latest = redis.call('GET', KEYS[k])
+    if not latest or value > latest then
+      redis.call('SET', KEYS[k], value, 'EX', step_ttl)
     else
-      redis.call('EXPIRE', change_key, step_ttl)
+      redis.call('EXPIRE', KEYS[k], step_ttl)
     end
+    k = k + 1
     verdicts[#verdicts + 1] = 0
   else
     local verdict_key = KEYS[k]
     k = k + 1
     if op == 'change' then
-      time = redis.call('GET', KEYS[k]) or time
+      local latest = redis.call('GET', KEYS[k])
       k = k + 1
+      if latest then
+        value = latest .. string.sub(value, -2)  -- the part time, with the change's ':<deleted>'
+      end
     end
     local known = redis.call('GET', verdict_key)
     if known then  -- this tag ran before: its verdict, and nothing changes
       verdicts[#verdicts + 1] = tonumber(known)
     else
       local superseded = 0
-      if newest_time and (time < newest_time or (time == newest_time and deleted < newest_deleted)) then
+      if newest and value < newest then
         superseded = 1
-      elseif not newest_time or time ~= newest_time or deleted ~= newest_deleted then
-        newest_time, newest_deleted, changed = time, deleted, true
+      elseif value ~= newest then
+        newest, changed = value, true
       end
       redis.call('SET', verdict_key, superseded, 'EX', step_ttl)
       verdicts[#verdicts + 1] = superseded
@@ -49,9 +52,8 @@ for a = 3, #ARGV, 3 do
   end
 end
 if changed then
-  redis.call('HSET', newest_key, 'time', newest_time, 'deleted', newest_deleted)
-end
-if newest_time then  -- after the write: EXPIRE on a key not created yet would be lost
+  redis.call('SET', newest_key, newest, 'EX', newest_ttl)
+elseif newest then
   redis.call('EXPIRE', newest_key, newest_ttl)
 end
 return verdicts
