@@ -200,3 +200,26 @@ def test_compose_redis_has_the_same_acl_and_the_worker_its_user(compose: dict[st
     assert users[ACL_USER] == [rule.replace("$(REDIS_PASSWORD)", password) for rule in k8s[ACL_USER]]
     assert env["WORKER_REDIS_USERNAME"] == ACL_USER
     assert ACL_USER in " ".join(redis["healthcheck"]["test"])
+
+
+def test_the_ingests_memory_budget_fits_its_pod() -> None:
+    """What the ingest's bounds let it hold at most, with its defaults (the Deployment sets none of them), stays
+    under the pod's memory limit; tests/integration/ingest/test_slow_clients.py measures a flood against it."""
+    from worker.config import Settings
+    from worker.ingest.http import MAX_HEADER_BYTES
+    from worker.ingest.producer import QUEUE_KBYTES
+
+    idle_process = 70 * 2**20  # RSS of an idle ingest, measured: 66 MiB
+    defaults = Settings()
+    budget = (
+        idle_process
+        + defaults.ingest_max_body_reads * defaults.ingest_max_body_bytes
+        + QUEUE_KBYTES * 1024
+        + defaults.ingest_max_idle_connections * MAX_HEADER_BYTES
+        + defaults.ingest_max_waiting * 4096  # a waiting request: its task and headers, the body gone to librdkafka
+    )
+    container = container_of(one(manifests(INGEST), "Deployment"))
+    env = {e["name"] for e in container["env"]}
+    assert not env & {"WORKER_INGEST_MAX_BODY_READS", "WORKER_INGEST_MAX_BODY_BYTES", "WORKER_INGEST_MAX_WAITING"}
+    limit = container["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi") and budget < int(limit[:-2]) * 2**20 * 0.8, f"{budget / 2**20:.0f} MiB"

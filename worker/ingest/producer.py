@@ -39,6 +39,7 @@ from confluent_kafka.admin._config import ConfigResource
 
 from worker.config import Settings
 from worker.ingest import metrics as ingest_metrics
+from worker.logs import KAFKA_LOGGER
 
 log = structlog.get_logger("worker.ingest.producer")
 
@@ -131,7 +132,9 @@ def limits_problem(max_body: int, config: dict[str, Any], topic_max: int | None 
 def topic_limit(config: dict[str, Any], topic: str, timeout: float) -> int | None:
     """The topic's `max.message.bytes`, or None when the broker does not tell within `timeout` (down, or
     DescribeConfigs denied): then a record over it is a 413 from its delivery report."""
-    admin = AdminClient({name: value for name, value in config.items() if not callable(value)})
+    settings: dict[str, Any] = {name: value for name, value in config.items() if not callable(value)}
+    settings["logger"] = KAFKA_LOGGER
+    admin = AdminClient(settings)
     try:
         (future,) = admin.describe_configs(
             [ConfigResource(ConfigResource.Type.TOPIC, topic)], request_timeout=timeout

@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import hmac
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -30,7 +31,7 @@ from worker.config import SecretEntry, secrets_file_entries
 log = structlog.get_logger("worker.ingest.secrets")
 
 RELOAD_INTERVAL_SECONDS: Final = 1.0  # how often a secrets file is looked at (one stat)
-HEX_DIGITS: Final = frozenset("0123456789abcdefABCDEF")
+SIGNATURE_SHAPE: Final = re.compile(r"\s*[0-9a-fA-F]{64}\s*")
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -41,10 +42,7 @@ def sign(body: bytes, secret: str) -> str:
 def well_formed(signature: str | None) -> bool:
     """64 hex digits, either case, surrounding spaces allowed: anything else cannot match, and is refused before
     the body is read."""
-    if signature is None:
-        return False
-    text = signature.strip()
-    return len(text) == 64 and all(c in HEX_DIGITS for c in text)
+    return signature is not None and SIGNATURE_SHAPE.fullmatch(signature) is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,7 +78,7 @@ READY_TIMEOUT_SECONDS: Final = 2.0
 READY_CACHE_SECONDS: Final = 5.0
 NOT_READY_CACHE_SECONDS: Final = 1.0
 CLOSE_TIMEOUT_SECONDS: Final = 10.0
-TOPIC_LIMIT_TIMEOUT_SECONDS: Final = 10.0
+TOPIC_LIMIT_TIMEOUT_SECONDS: Final = 5.0  # at start; unknown after it (the broker is down): checked per record
 # A request whose body stopped arriving ends its connection. Other refusals keep it: uvicorn reads what is left
 # of an unread body and drops it, so the sender can read its answer, and worker/ingest/http.py bounds the time
 # that takes (the connection waits for a request meanwhile: read timeout, the oldest of too many is closed).
@@ -202,9 +202,8 @@ class Webhook:
             return _error(413, f"body over {limit} bytes"), {"bytes": int(declared)}
         signature = headers.get(endpoint.signature_header)
         verifier = endpoint.secrets.keyring.verifier() if endpoint.secrets else None
-        unsigned = _error(401, f"{endpoint.signature_header.title()} missing or wrong")
         if verifier is not None and not well_formed(signature):
-            return unsigned, {}
+            return self._unsigned(), {}
         try:
             chunks = await self.bounds.read(receive, limit, verifier)
         except ReadTimeout:
@@ -218,7 +217,7 @@ class Webhook:
         fields: Fields = {"bytes": size}
         grant = ANY if verifier is None else verifier.grant(signature)
         if grant is None:
-            return unsigned, fields
+            return self._unsigned(), fields
         body = b"".join(chunks)
         del chunks
         admitted = self._admit(body, grant)
@@ -242,6 +241,9 @@ class Webhook:
         metrics.ACK_SECONDS.observe(time.perf_counter() - started)
         where = {"topic": stored.topic, "partition": stored.partition, "offset": stored.offset}
         return _json(202, where), {**fields, **where}
+
+    def _unsigned(self) -> Response:
+        return _error(401, f"{self.endpoint.signature_header.title()} missing or wrong")
 
     def _admit(self, body: bytes, grant: Grant) -> Admitted | tuple[Response, Fields]:
         """The checks of a signed body, on its parsed event (which is dropped when this returns)."""
@@ -325,7 +327,7 @@ def build_app(settings: Settings, publisher: Publisher, refusals: RefusalLog | N
     document = openapi(settings)
     refusals = refusals or RefusalLog()
     bounds = Bounds(settings.ingest_read_timeout_seconds, settings.ingest_max_body_reads, settings.ingest_max_waiting)
-    doors = endpoints(settings)
+    webhooks = endpoints(settings)
     readiness = Readiness(publisher)
 
     async def healthz(_request: Request) -> Response:
@@ -345,18 +347,19 @@ def build_app(settings: Settings, publisher: Publisher, refusals: RefusalLog | N
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         publisher.start(asyncio.get_running_loop())
-        watchers = [asyncio.create_task(door.secrets.watch()) for door in doors if door.secrets]
-        for door in doors:
+        watchers = [asyncio.create_task(door.secrets.watch()) for door in webhooks if door.secrets]
+        for door in webhooks:
             if door.secrets is None:
                 log.warning("ingest_unsigned", path=door.path, detail="requests are accepted without a signature")
-        log.info("ingest_started", topic=publisher.topic, port=settings.ingest_port, paths=[d.path for d in doors])
+        log.info("ingest_started", topic=publisher.topic, port=settings.ingest_port, paths=[d.path for d in webhooks])
         yield
+        bounds.close()
         for watcher in watchers:
             watcher.cancel()
         await asyncio.to_thread(publisher.close, CLOSE_TIMEOUT_SECONDS)
 
     routes = [
-        *(Route(door.path, Webhook(door, publisher, bounds, refusals)) for door in doors),
+        *(Route(door.path, Webhook(door, publisher, bounds, refusals)) for door in webhooks),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", prometheus),
