@@ -16,7 +16,7 @@ node; every script call names keys of one hash tag only, so each call runs on on
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from importlib.resources import files
 from typing import Any
 
@@ -148,6 +148,24 @@ class ReplicaWait:
                     f"{acknowledged} of {self._replicas} replica(s) acknowledged the writes{where} "
                     f"within {self._timeout_ms} ms (WORKER_REDIS_MIN_REPLICAS)"
                 )
+
+
+def indexes_by(keys: Sequence[Hashable]) -> dict[Any, list[int]]:
+    """The positions of each key, keys in first-seen order: a batch's items grouped for one script call per
+    hash tag (a tenant, a group), each group's items in batch order."""
+    groups: dict[Any, list[int]] = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(key, []).append(index)
+    return groups
+
+
+def in_batch_order(groups: dict[Any, list[int]], replies: Sequence[Sequence[Any]], size: int) -> list[Any]:
+    """Each call's replies (one per item of its group, in order) back at the items' positions in the batch."""
+    out: list[Any] = [None] * size
+    for indexes, reply in zip(groups.values(), replies, strict=True):
+        for index, value in zip(indexes, reply, strict=True):
+            out[index] = value
+    return out
 
 
 class LuaScript:

@@ -22,7 +22,7 @@ from typing import Final
 
 from worker.processing.recency import Emitted, GroupKey, Occurrence, Step, time_text
 from worker.processing.records import digest
-from worker.state.client import Arg, Call, Client, LuaScript
+from worker.state.client import Arg, Call, Client, LuaScript, in_batch_order, indexes_by
 
 NEWEST_TTL_SECONDS: Final = 30 * 86_400
 
@@ -58,9 +58,7 @@ class RedisRecency:
 
     def apply(self, steps: Sequence[Step]) -> list[bool]:
         """In one round trip (none without steps): one script call per group, its steps in order."""
-        by_group: dict[GroupKey, list[int]] = {}
-        for index, step in enumerate(steps):
-            by_group.setdefault(step.group, []).append(index)
+        by_group = indexes_by([step.group for step in steps])
         calls: list[Call] = []
         for group, indexes in by_group.items():
             prefix = group_prefix(group)
@@ -77,8 +75,4 @@ class RedisRecency:
                     keys += [verdict_key(prefix, step.tag), change_time_key(prefix, step.change_id)]
                     args += ["change", occurrence_text(step.occurrence)]
             calls.append((keys, args))
-        verdicts = [False] * len(steps)
-        for indexes, replies in zip(by_group.values(), self._script.run(calls), strict=True):
-            for i, verdict in zip(indexes, replies, strict=True):
-                verdicts[i] = verdict == 1
-        return verdicts
+        return [verdict == 1 for verdict in in_batch_order(by_group, self._script.run(calls), len(steps))]

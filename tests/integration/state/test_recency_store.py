@@ -21,7 +21,6 @@ from worker.consumer.app import redis_processor
 from worker.processing.offline import PlainMessage
 from worker.processing.recency import Emitted, Occurrence, Seen, Step
 from worker.processing.stores import MemoryRecency
-from worker.state.client import connect
 from worker.state.recency import (
     NEWEST_TTL_SECONDS,
     RedisRecency,
@@ -53,16 +52,6 @@ def steps_of(run: int) -> st.SearchStrategy[list[Step]]:
         ),
         max_size=24,
     )
-
-
-@pytest.fixture
-def client(redis_service: object) -> redis.Redis:
-    url = getattr(redis_service, "address", redis_service)
-    assert isinstance(url, str)
-    client = connect(url)
-    client.flushdb()
-    assert isinstance(client, redis.Redis)
-    return client
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
