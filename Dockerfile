@@ -10,18 +10,27 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 # All runtime deps (confluent-kafka, hiredis, orjson, pydantic-core) ship manylinux wheels, so no
 # compiler is installed. If one ever needs building, add build-essential here, never in the runtime stage.
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Dependency metadata first, then the package: pip builds a wheel of `.` and installs it (not editable).
-COPY pyproject.toml README.md ./
-COPY worker ./worker
+# Every dependency comes from the lock files (`make lock`): exact versions, each file checked against its hash
+# (--require-hashes; --no-deps: nothing unlisted is resolved). First, so a change of the sources alone keeps
+# these layers. The build backend gets a venv of its own, not copied into the image.
 # The machine's pip settings and CA bundle, when the build is given them (deploy/image/build.py does), reach
-# pip as build secrets: they are mounted for this one command and never stored in a layer. Without them pip
+# pip as build secrets: they are mounted for these commands and never stored in a layer. Without them pip
 # uses the public index and its own CA bundle.
+COPY requirements/runtime.txt requirements/build.txt requirements/
 RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
     --mount=type=secret,id=pip-ca.crt \
-    pip install . \
+    python -m venv /opt/build \
+ && /opt/build/bin/pip install --require-hashes --no-deps -r requirements/build.txt \
+ && python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --require-hashes --no-deps -r requirements/runtime.txt
+ENV PATH=/opt/venv/bin:$PATH
+# Then the package: a wheel of `.` built with the locked backend (no isolated build environment, whose backend
+# would not be pinned), installed without its dependencies (all there already).
+COPY pyproject.toml README.md ./
+COPY worker ./worker
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/wheel . \
+ && pip install --no-deps /tmp/wheel/*.whl \
  && python -c "import worker.config"
 
 FROM ${PYTHON_IMAGE} AS runtime

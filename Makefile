@@ -6,15 +6,29 @@ PYTEST_ARGS ?=
 # The venv's bin first on PATH: tests find the checkers installed there (hadolint, docker-compose).
 PYTEST := PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest
 
-.PHONY: install run demo test unit integration chaos bench bench-quick bench-ingest image lint fmt schemas clean
+.PHONY: install run demo test unit integration chaos bench bench-quick bench-ingest image lint fmt schemas clean lock audit
+# Locked resolution for every Python from 3.11 and every platform, each file with its hashes (requirements/).
+LOCK := $(VENV)/bin/uv pip compile --universal --python-version 3.11 --generate-hashes --quiet --custom-compile-command "make lock"
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+## Exact versions from requirements/dev.txt, each file checked against its hash (--no-deps: nothing unlisted is
+## resolved), then the package itself, built with the locked backend (no isolated, unpinned build environment).
+$(VENV)/.installed: pyproject.toml requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements/dev.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
+
+## The lock files again from pyproject.toml and requirements/build.in (the newest versions the ranges allow).
+lock: install
+	$(LOCK) pyproject.toml -o requirements/runtime.txt
+	$(LOCK) requirements/build.in -o requirements/build.txt
+	$(LOCK) pyproject.toml requirements/build.in --extra dev -o requirements/dev.txt
+
+## Known advisories of the versions the image ships, from PyPI's advisory data (.ci/audit.py says how).
+audit: install
+	$(PY) .ci/audit.py
 
 ## The worker on an embedded local stack (Tansu + redis-server) unless WORKER_KAFKA_BOOTSTRAP_SERVERS /
 ## WORKER_REDIS_URL point at real ones. Ctrl-C stops all of it.

@@ -29,7 +29,7 @@ from pathlib import Path
 import orjson
 
 from bench.procs import clean_environ, cpu_seconds, peak_rss_mb
-from worker.ingest.rules import sign
+from worker.ingest.secrets import sign
 from worker.local.ingest_client import IngestProcess
 from worker.local.stack import create_topics, free_port, start_kafka
 

@@ -7,12 +7,14 @@ Every `WORKER_KAFKA_<NAME>` variable is also passed to librdkafka as `<name>` wi
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 from collections.abc import Mapping
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import Annotated, Final, Literal, Self
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.processing.decode import Format
@@ -44,6 +46,42 @@ BROKER_DECIDED = {
 
 class ConfigError(ValueError):
     """A setting the worker refuses, with the variable to change."""
+
+
+# Webhook secrets (`WORKER_INGEST_SECRETS`, `WORKER_INGEST_UMS_SECRETS`): Qlik takes 32 to 64 characters for a
+# webhook's secret, and the UMS endpoint's own secrets follow the same rule. An entry `<tenant id>:<secret>` signs
+# only for that tenant; a bare secret (or `*:<secret>`, for one that contains ':') signs for any tenant.
+SECRET_LENGTHS: Final = range(32, 65)
+ANY_TENANT: Final = "*"
+_TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# Fields whose values never appear in an error message (describe_errors prints the others' values).
+SECRET_FIELDS: Final = frozenset({"ingest_secrets", "ingest_ums_secrets", "redis_password"})
+SecretEntry = tuple[str | None, str]  # (the tenant it signs for, None: any; the secret)
+
+
+def secret_entry(text: str, where: str) -> SecretEntry:
+    """One entry of a secrets setting or file. The ValueError's message names `where`, never the secret."""
+    tenant, colon, secret = text.partition(":")
+    if not colon:
+        tenant, secret = ANY_TENANT, text
+    if tenant != ANY_TENANT and not _TENANT_ID.fullmatch(tenant):
+        raise ValueError(
+            f"{where}: the part before ':' is not a tenant id (a secret containing ':' is written *:<secret>)"
+        )
+    if len(secret) not in SECRET_LENGTHS:
+        raise ValueError(f"{where}: a secret of {len(secret)} characters, Qlik's have 32 to 64")
+    return (None if tenant == ANY_TENANT else tenant), secret
+
+
+def secrets_file_entries(text: str) -> list[SecretEntry]:
+    """A secrets file: one entry per line (commas are part of the secret); blank lines and `#` comments skipped."""
+    entries = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if (line := line.strip()) and not line.startswith("#"):
+            entries.append(secret_entry(line, f"line {number}"))
+    if not entries:
+        raise ValueError("no secret in the file")
+    return entries
 
 
 # librdkafka properties (or prefixes) of one client role; the other role would log a CONFWARN for each.
@@ -80,7 +118,9 @@ PRODUCER_ONLY = (
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    # hide_input_in_errors: a ValidationError printed as it is shows no value (secrets among them); describe_errors
+    # shows the values of the fields that are not secret.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, hide_input_in_errors=True)
 
     kafka_bootstrap_servers: str = "localhost:9092"
     input_topics: Annotated[list[str], NoDecode] = ["qlik.group-events"]
@@ -92,6 +132,14 @@ class Settings(BaseSettings):
     group_id: str = "group-events-worker"
     redis_url: str = "redis://localhost:6379/0"
     redis_cluster: bool = False  # WORKER_REDIS_URL names one node of a Redis Cluster: use a cluster client
+    # The Redis ACL user and its password (from a Secret: a password in WORKER_REDIS_URL would sit in a
+    # ConfigMap). TLS with a rediss:// URL: the CA of the server's certificate (else the system's), and a client
+    # certificate and key where Redis asks for one (tls-auth-clients).
+    redis_username: str = ""
+    redis_password: SecretStr = SecretStr("")
+    redis_tls_ca_file: str = ""
+    redis_tls_certfile: str = ""
+    redis_tls_keyfile: str = ""
     # Replicas that must acknowledge a batch's Redis writes (WAIT) before its Kafka commit; 0: no wait.
     redis_min_replicas: int = Field(0, ge=0)
     metrics_port: int = Field(9400, ge=0, le=65535)
@@ -117,11 +165,28 @@ class Settings(BaseSettings):
     # ---- `python -m worker ingest`: the signed webhook endpoint (worker/ingest/server.py) ----
     ingest_port: int = Field(8080, ge=0, le=65535)
     ingest_topic: str = ""  # empty: the first of input_topics
-    # Comma-separated; a request is accepted when its signature matches any of them (rotation without downtime).
+    # Comma-separated `<tenant id>:<secret>` (or bare: any tenant); a request is accepted when its signature matches
+    # one of them (rotation: old and new at once) and its body names that secret's tenant. Or, one per line, in
+    # the file (a mounted Secret: read again when it changes). Not both.
     ingest_secrets: Annotated[list[SecretStr], NoDecode] = []
+    ingest_secrets_file: str = ""
+    # The UMS endpoint's secrets (`UMS-Signature`, a header of our own: README "Security"), in the same form.
+    ingest_ums_secrets: Annotated[list[SecretStr], NoDecode] = []
+    ingest_ums_secrets_file: str = ""
     # Only with no secret configured: accept requests without checking a signature (a trusted test setup).
     ingest_allow_unsigned: bool = False
-    ingest_max_body_bytes: int = Field(1024 * 1024, gt=0)
+    # 1,000,000: the Kafka clients' default message size, under the brokers' default topic limit (1,048,588)
+    # with room for the key and headers; the ingest refuses to start with a limit the producer or topic cannot take.
+    ingest_max_body_bytes: int = Field(1_000_000, gt=0)
+    # Bounds against slow and unfinished requests (worker/ingest/http.py, bounds.py): headers, then the body,
+    # must arrive within this; at most this many bodies are read at once (the oldest read is ended for one
+    # more), requests wait for Kafka, and connections wait for a request (the oldest is closed for one more).
+    ingest_read_timeout_seconds: float = Field(10, gt=0, le=300)
+    ingest_max_body_reads: int = Field(64, ge=1)
+    ingest_max_waiting: int = Field(1000, ge=1)
+    ingest_max_idle_connections: int = Field(1000, ge=1)
+    # Proxies whose X-Forwarded-For gives the client address of the logs (uvicorn's forwarded_allow_ips).
+    ingest_forwarded_allow_ips: str = "127.0.0.1"
     ingest_delivery_timeout_ms: int = Field(5000, ge=100, le=300_000)
     # A plain deployment's own TLS; in Kubernetes the ingress terminates it. Both or neither.
     ingest_tls_certfile: str = ""
@@ -148,10 +213,32 @@ class Settings(BaseSettings):
             raise ValueError(f"not an input topic (WORKER_INPUT_TOPICS): {', '.join(sorted(unknown))}")
         return value
 
-    @field_validator("ingest_secrets", mode="before")
+    @field_validator("ingest_secrets", "ingest_ums_secrets", mode="before")
     @classmethod
     def _split_secrets(cls, value: object) -> object:
         return [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
+
+    @field_validator("ingest_secrets", "ingest_ums_secrets")
+    @classmethod
+    def _check_secrets(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for number, entry in enumerate(value, 1):
+            secret_entry(entry.get_secret_value(), f"entry {number}")
+        return value
+
+    @field_validator("ingest_secrets_file", "ingest_ums_secrets_file")
+    @classmethod
+    def _check_secrets_file(cls, value: str) -> str:
+        if value:
+            secrets_file_entries(_read_secrets(value))
+        return value
+
+    @model_validator(mode="after")
+    def _one_source_of_secrets(self) -> Self:
+        for name in ("ingest_secrets", "ingest_ums_secrets"):
+            if getattr(self, name) and getattr(self, name + "_file"):
+                variable = ENV_PREFIX + name.upper()
+                raise ValueError(f"set {variable} or {variable}_FILE, not both")
+        return self
 
     @field_validator("ingest_tls_keyfile")
     @classmethod
@@ -160,10 +247,33 @@ class Settings(BaseSettings):
             raise ValueError("set WORKER_INGEST_TLS_CERTFILE and WORKER_INGEST_TLS_KEYFILE together, or neither")
         return value
 
+    @model_validator(mode="after")
+    def _redis_tls(self) -> Self:
+        if (self.redis_tls_ca_file or self.redis_tls_certfile) and not self.redis_url.startswith("rediss://"):
+            raise ValueError("WORKER_REDIS_TLS_* need a rediss:// WORKER_REDIS_URL")
+        if bool(self.redis_tls_certfile) != bool(self.redis_tls_keyfile):
+            raise ValueError("set WORKER_REDIS_TLS_CERTFILE and WORKER_REDIS_TLS_KEYFILE together, or neither")
+        return self
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @property
+    def ingest_signed(self) -> bool:
+        """Whether any webhook secret is configured (then no endpoint accepts unsigned requests)."""
+        return any(
+            (self.ingest_secrets, self.ingest_secrets_file, self.ingest_ums_secrets, self.ingest_ums_secrets_file)
+        )
+
+    def ingest_secret_entries(self) -> list[SecretEntry]:
+        """The Qlik endpoint's secrets, from the setting or its file (read now)."""
+        return _entries(self.ingest_secrets, self.ingest_secrets_file)
+
+    def ingest_ums_secret_entries(self) -> list[SecretEntry]:
+        """The UMS endpoint's secrets, from the setting or its file (read now)."""
+        return _entries(self.ingest_ums_secrets, self.ingest_ums_secrets_file)
 
     @property
     def subscribed_topics(self) -> list[str]:
@@ -222,12 +332,27 @@ def _kafka_variables(role: Role, environ: Mapping[str, str] | None) -> dict[str,
     }
 
 
+def _entries(values: list[SecretStr], path: str) -> list[SecretEntry]:
+    if path:
+        return secrets_file_entries(_read_secrets(path))
+    return [secret_entry(value.get_secret_value(), "") for value in values]
+
+
+def _read_secrets(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror}") from None
+
+
 def describe_errors(error: ValidationError) -> str:
-    """One readable line per bad setting, named as the operator spelled it."""
+    """One readable line per bad setting, named as the operator spelled it; never the value of a secret."""
     lines = []
     for item in error.errors():
-        name = ENV_PREFIX + "_".join(str(p) for p in item["loc"][:1]).upper()
-        lines.append(f"{name}: {item['msg']} (got {item.get('input')!r})")
+        field = "_".join(str(p) for p in item["loc"][:1])
+        name = ENV_PREFIX + field.upper() if field else "settings"
+        shown = "" if field in SECRET_FIELDS or not field else f" (got {item.get('input')!r})"
+        lines.append(f"{name}: {item['msg']}{shown}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 

@@ -21,7 +21,9 @@ def configure(level: str) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
+            # A standard-library record's exception (uvicorn's "Exception in ASGI application", librdkafka's)
+            # becomes an `exception` text field, as our own events' do, not a tuple of reprs.
+            foreign_pre_chain=[*shared, structlog.processors.format_exc_info],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.JSONRenderer(),

@@ -146,7 +146,23 @@ def test_builder_installs_the_package_from_copied_sources(
     assert {"pyproject.toml", "README.md", "worker"} <= set(sources)
     for src in sources:
         assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
-    assert any(re.search(r"pip install (\S+ )*\.(\s|$)", run) for run in builder.all("RUN"))
+    runs = " && ".join(builder.all("RUN"))
+    assert re.search(r"pip wheel (\S+ )*--no-build-isolation (\S+ )*\.(\s|$)", runs), "the package built from ."
+    assert re.search(r"pip install --no-deps /tmp/wheel/\*\.whl", runs)
+
+
+def test_every_dependency_of_the_image_comes_from_the_lock_files_with_their_hashes(
+    parsed: tuple[dict[str, str], list[Stage]],
+) -> None:
+    """Issue 20, item 8: a plain `pip install .` took whatever versions the index offered that day."""
+    builder = parsed[1][0]
+    copied = [src for copy in builder.all("COPY") for src in copy.split()[:-1]]
+    assert {"requirements/runtime.txt", "requirements/build.txt"} <= set(copied)
+    installs = [step for run in builder.all("RUN") for step in run.split("&&") if "pip install" in step]
+    assert installs
+    for step in installs:
+        locked = re.search(r"--require-hashes --no-deps -r requirements/(runtime|build)\.txt", step)
+        assert locked or re.search(r"--no-deps /tmp/wheel/", step), f"unpinned: {step.strip()}"
 
 
 def dockerignore_regex(pattern: str) -> re.Pattern[str]:

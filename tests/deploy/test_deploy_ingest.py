@@ -107,7 +107,9 @@ def test_service_and_ingress_route_only_the_webhook_path_over_tls(ingest: Docs) 
     assert backend["name"] == ingest["Service"]["metadata"]["name"]
     assert backend["port"]["name"] == port["name"]
     limit = ingest["Ingress"]["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
-    assert limit == "1m" and Settings.model_fields["ingest_max_body_bytes"].default == 1024 * 1024
+    units = {"k": 1024, "m": 1024 * 1024}
+    size = int(limit[:-1]) * units[limit[-1].lower()] if limit[-1].lower() in units else int(limit)
+    assert size == Settings.model_fields["ingest_max_body_bytes"].default
 
 
 def test_hpa_scales_the_deployment_on_cpu(ingest: Docs, container: dict[str, Any]) -> None:
@@ -137,7 +139,7 @@ def test_compose_service_and_scrape_job(compose: dict[str, Any]) -> None:
     env = service["environment"]
     assert env["WORKER_INGEST_SECRETS"] and env["WORKER_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
     port = env["WORKER_INGEST_PORT"]
-    assert f"{port}:{port}" in service["ports"]
+    assert f"127.0.0.1:{port}:{port}" in service["ports"], "published on this machine only: a demo secret guards it"
     assert f"127.0.0.1:{port}/healthz" in " ".join(service["healthcheck"]["test"])
     assert service["depends_on"]["topics"]["condition"] == "service_completed_successfully"
     scrape = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
@@ -162,4 +164,12 @@ def test_renders() -> None:
     result = subprocess.run(["kubectl", "kustomize", str(INGEST)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     kinds = {doc["kind"] for doc in yaml.safe_load_all(result.stdout)}
-    assert kinds == {"Deployment", "Service", "Ingress", "HorizontalPodAutoscaler", "PodDisruptionBudget", "PodMonitor"}
+    assert kinds == {
+        "Deployment",
+        "Service",
+        "Ingress",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "PodMonitor",
+        "NetworkPolicy",
+    }

@@ -124,13 +124,16 @@ def test_security_context(k8s_base: Docs, root: Path) -> None:
     assert {"cpu", "memory"} <= set(resources["requests"]) and "memory" in resources["limits"]
 
 
-def test_env_from_configmap_and_optional_secret(k8s_base: Docs) -> None:
+def test_env_from_configmap_and_secrets(k8s_base: Docs) -> None:
+    """SASL credentials optional (a plaintext cluster has none); the Redis password required (deploy/k8s/redis
+    lets no client in without it: tests/deploy/test_deploy_security.py)."""
     worker = container(k8s_base)
     (source,) = worker["envFrom"]
     assert source["configMapRef"]["name"] == k8s_base["ConfigMap"]["metadata"]["name"]
     secret_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in worker["env"]}
-    assert set(secret_env) == {"WORKER_KAFKA_SASL_USERNAME", "WORKER_KAFKA_SASL_PASSWORD"}
-    assert all(ref["optional"] is True for ref in secret_env.values())
+    assert set(secret_env) == {"WORKER_KAFKA_SASL_USERNAME", "WORKER_KAFKA_SASL_PASSWORD", "WORKER_REDIS_PASSWORD"}
+    assert all(secret_env[name]["optional"] is True for name in secret_env if name.startswith("WORKER_KAFKA_"))
+    assert not secret_env["WORKER_REDIS_PASSWORD"].get("optional")
 
 
 def test_configmap_is_valid_worker_config(k8s_base: Docs, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -211,13 +214,17 @@ def test_readme_hpa_alternative(k8s_base: Docs, input_partitions: int) -> None:
 
 
 def render(directory: Path) -> Docs:
+    """The rendered manifests by kind (one of each), Secrets by name (`Secret/<name>` without kustomize's hash)."""
     command = ["kubectl", "kustomize", str(directory)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     docs: Docs = {}
     for doc in yaml.safe_load_all(result.stdout):
-        assert doc["kind"] not in docs, f"two {doc['kind']} after rendering"
-        docs[doc["kind"]] = doc
+        kind = doc["kind"]
+        if kind == "Secret":
+            kind = "Secret/" + re.sub(r"-[a-z0-9]{10}$", "", doc["metadata"]["name"])
+        assert kind not in docs, f"two {kind} after rendering"
+        docs[kind] = doc
     return docs
 
 
@@ -239,11 +246,13 @@ def test_overlay_renders_consistently(input_partitions: int) -> None:
     assert scaled["minReplicaCount"] <= docs["Deployment"]["spec"]["replicas"] <= input_partitions
     (trigger,) = scaled["triggers"]
     check_trigger_agrees_with_config(trigger["metadata"], docs["ConfigMap"]["data"])
-    # The optional secretKeyRefs, the generated Secret and KEDA's TriggerAuthentication line up.
-    secret = docs["Secret"]
+    # The secretKeyRefs, the generated Secrets and KEDA's TriggerAuthentication line up.
+    secrets = {name.split("/")[1]: doc for name, doc in docs.items() if name.startswith("Secret/")}
     for env in container(docs)["env"]:
         ref = env["valueFrom"]["secretKeyRef"]
-        assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["data"]
+        named = [doc for doc in secrets.values() if doc["metadata"]["name"] == ref["name"]]
+        assert named and ref["key"] in named[0]["data"], ref
+    secret = secrets["group-events-worker-kafka"]
     auth = docs["TriggerAuthentication"]
     assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
     for target in auth["spec"]["secretTargetRef"]:

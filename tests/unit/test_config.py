@@ -242,3 +242,102 @@ def test_the_group_protocol_is_classic_or_consumer(monkeypatch):
     monkeypatch.setenv("WORKER_GROUP_PROTOCOL", "eager")
     with pytest.raises(ValidationError):
         Settings()
+
+
+# ---- the webhook secrets (issue 20: items 1 and 5) ----------------------------------------------------------
+
+QLIK_SECRET = "q" * 32
+
+
+def test_secrets_bind_to_tenants_and_a_bare_secret_to_any(monkeypatch):
+    monkeypatch.setenv(
+        "WORKER_INGEST_SECRETS", f"tenant-a:{'a' * 40}, tenant-a:{'b' * 40},{QLIK_SECRET}, *:c{'d' * 40}"
+    )
+    entries = Settings().ingest_secret_entries()
+    assert entries == [("tenant-a", "a" * 40), ("tenant-a", "b" * 40), (None, QLIK_SECRET), (None, "c" + "d" * 40)]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "x",  # Qlik accepts 32 to 64 characters
+        "t:" + "s" * 31,
+        "s" * 65,
+        "a" * 40 + "," + "b" * 20,  # a secret with a comma becomes two: the second is too short
+        "not a tenant:" + "s" * 40,  # the part before ':' is no tenant id: a secret containing ':' needs '*:'
+        ":" + "s" * 40,
+    ],
+)
+def test_secrets_qlik_never_issues_are_refused_without_echoing_them(monkeypatch, raw):
+    monkeypatch.setenv("WORKER_INGEST_SECRETS", raw)
+    with pytest.raises(ValidationError) as error:
+        Settings()
+    text = describe_errors(error.value)
+    assert "WORKER_INGEST_SECRETS" in text
+    for piece in raw.split(","):
+        secret = piece.rpartition(":")[2]
+        assert secret not in text and secret not in str(error.value), "a secret was echoed"
+
+
+def test_secrets_come_from_a_file_one_entry_per_line(monkeypatch, tmp_path):
+    path = tmp_path / "secrets"
+    path.write_text(f"# rotation: new first\ntenant-a:{'a' * 33},with-comma\n\n{QLIK_SECRET}\n")
+    monkeypatch.setenv("WORKER_INGEST_SECRETS_FILE", str(path))
+    assert Settings().ingest_secret_entries() == [("tenant-a", "a" * 33 + ",with-comma"), (None, QLIK_SECRET)]
+
+
+def test_secrets_from_a_file_and_the_environment_at_once_are_refused(monkeypatch, tmp_path):
+    (tmp_path / "secrets").write_text(QLIK_SECRET)
+    monkeypatch.setenv("WORKER_INGEST_SECRETS_FILE", str(tmp_path / "secrets"))
+    monkeypatch.setenv("WORKER_INGEST_SECRETS", QLIK_SECRET)
+    with pytest.raises(ValidationError) as error:
+        Settings()
+    assert "WORKER_INGEST_SECRETS" in describe_errors(error.value) and QLIK_SECRET not in str(error.value)
+
+
+def test_a_bad_secrets_file_is_refused_without_echoing_it(monkeypatch, tmp_path):
+    (tmp_path / "secrets").write_text("short-secret\n")
+    monkeypatch.setenv("WORKER_INGEST_SECRETS_FILE", str(tmp_path / "secrets"))
+    with pytest.raises(ValidationError) as error:
+        Settings()
+    text = describe_errors(error.value)
+    assert "WORKER_INGEST_SECRETS_FILE" in text and "line 1" in text and "short-secret" not in text
+    monkeypatch.setenv("WORKER_INGEST_SECRETS_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+# ---- Redis authentication and TLS (issue 20, item 3) -----------------------------------------------------------
+
+
+def test_redis_user_password_and_tls_files_become_client_options(monkeypatch):
+    from worker.state.client import security_options
+
+    assert security_options(Settings()) == {}
+    monkeypatch.setenv("WORKER_REDIS_URL", "rediss://redis:6380/0")
+    monkeypatch.setenv("WORKER_REDIS_USERNAME", "group-events-worker")
+    monkeypatch.setenv("WORKER_REDIS_PASSWORD", "p4ssw0rd-p4ssw0rd")
+    monkeypatch.setenv("WORKER_REDIS_TLS_CA_FILE", "/etc/redis-ca/ca.crt")
+    settings = Settings()
+    assert "p4ssw0rd" not in repr(settings)
+    assert security_options(settings) == {
+        "username": "group-events-worker",
+        "password": "p4ssw0rd-p4ssw0rd",
+        "ssl_ca_certs": "/etc/redis-ca/ca.crt",
+    }
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {"WORKER_REDIS_TLS_CA_FILE": "/ca.crt"},  # TLS files with a redis:// URL: TLS would silently be off
+        {"WORKER_REDIS_URL": "rediss://r:6380/0", "WORKER_REDIS_TLS_CERTFILE": "/c.pem"},  # a certificate, no key
+    ],
+)
+def test_redis_tls_settings_that_would_not_take_effect_are_refused(monkeypatch, variables):
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("WORKER_REDIS_PASSWORD", "p4ssw0rd-p4ssw0rd")
+    with pytest.raises(ValidationError) as error:
+        Settings()
+    assert "WORKER_REDIS_TLS" in describe_errors(error.value) and "p4ssw0rd" not in describe_errors(error.value)

@@ -22,6 +22,7 @@ from worker.processing.processor import Processor
 from worker.state.changes import RedisChangeStore
 from worker.state.client import Client, ReplicaWait, redis_client
 from worker.state.dedupe import Deduper
+from worker.state.recency import RedisRecency
 from worker.state.tenants import TenantGroups
 
 log = structlog.get_logger("worker.consumer.app")
@@ -75,18 +76,20 @@ def build(settings: Settings) -> App:
 def redis_processor(settings: Settings, client: Client) -> Processor:
     """`client` is used by the processor only, from one thread (see `ReplicaWait`)."""
     replicas = settings.redis_min_replicas
+    ttl_seconds = int(settings.batch_timeout_seconds + settings.dedupe_ttl_seconds)
     return Processor(
         Deduper(client, settings.dedupe_ttl_seconds),
         RedisChangeStore(
             client,
             timeout_ms=int(settings.batch_timeout_seconds * 1000),
-            ttl_seconds=int(settings.batch_timeout_seconds + settings.dedupe_ttl_seconds),
+            ttl_seconds=ttl_seconds,
             resend_ms=int(settings.flush_lease_seconds * 1000),
         ),
         output_topic=settings.output_topic,
         dlq_topic=settings.dlq_topic,
         control_topic=settings.control_topic,
         tenants=TenantGroups(client),
+        recency=RedisRecency(client, step_ttl_seconds=ttl_seconds),
         formats=settings.topic_formats,
         durable=ReplicaWait(client, replicas, REPLICA_WAIT_MS).wait if replicas else None,
     )

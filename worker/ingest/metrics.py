@@ -25,6 +25,18 @@ ACK_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
+READS_EVICTED = Counter(
+    "ingest_reads_evicted",
+    "Body reads ended (408) because a newer read needed their slot (WORKER_INGEST_MAX_BODY_READS)",
+    registry=REGISTRY,
+)
+CONNECTIONS_CLOSED = Counter(
+    "ingest_connections_closed",
+    "Connections closed before a request reached the app, by reason: header_timeout, headers_too_large, "
+    "bad_request, evicted (WORKER_INGEST_MAX_IDLE_CONNECTIONS)",
+    ["reason"],
+    registry=REGISTRY,
+)
 PRODUCERS_REPLACED = Counter(
     "ingest_producers_replaced", "Kafka producers replaced after a fatal error", registry=REGISTRY
 )

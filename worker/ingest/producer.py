@@ -3,13 +3,20 @@ futures, so a request is answered only after the broker acknowledged its record,
 waits on librdkafka.
 
 How a delivery report reaches a request:
-1. `publish` (event loop) creates a future and calls `produce` with a callback that only appends
-   (future, error, message) to a list.
+1. `send` (event loop) creates a future and calls `produce` with a callback that only appends
+   (future, error, message) to a list; librdkafka copies the value, so the request need not hold its body
+   while it waits.
 2. The poll thread calls `producer.poll`, which runs those callbacks; after each poll it hands the collected
    reports to the loop in one `call_soon_threadsafe`.
-3. On the loop, each future gets its `Delivered` or `Unavailable`; a timer set by `publish` fails it with
-   `Unavailable` first when no report came within the delivery timeout (the record may still be stored later:
-   see README "Receiving events from Qlik Cloud").
+3. On the loop, each future gets its `Delivered`, `TooLarge` or `Unavailable`; a timer set by `send` fails it
+   with `Unavailable` first when no report came within the delivery timeout (the record may still be stored
+   later: see README "Receiving events from Qlik Cloud").
+
+What the producer may hold is bounded: its queue (`queue.buffering.max.kbytes`, `QUEUE_KBYTES` by default
+instead of librdkafka's 1 GiB) is part of the ingest's memory budget. A record the producer or the broker
+finds too large (`message.max.bytes`, the topic's `max.message.bytes`) is `TooLarge` (413: sending it again
+cannot help), not `Unavailable` (503: retry); and the ingest refuses to start when its body limit does not
+fit those limits (`limits_problem`).
 
 A producer that stays broken never delivers again: a fatal error (librdkafka: the idempotence state cannot be
 recovered), or a delivery report saying its producer id or epoch is no longer valid (seen on Tansu after a
@@ -23,15 +30,24 @@ import asyncio
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource
 
 from worker.config import Settings
 from worker.ingest import metrics as ingest_metrics
+from worker.logs import KAFKA_LOGGER
 
 log = structlog.get_logger("worker.ingest.producer")
+
+QUEUE_KBYTES: Final = 32 * 1024  # the producer's queue: 32 MiB, within the ingest's memory budget
+# What a record takes beyond its body, at most, for the limits: key (tenant and group ids), the two headers and
+# the record and batch framing (about 100 bytes). A longer key still gets 413 from the producer, never a 503.
+RECORD_ALLOWANCE: Final = 4096
+LIBRDKAFKA_MESSAGE_MAX_BYTES: Final = 1_000_000  # librdkafka's default message.max.bytes
 
 Headers = Sequence[tuple[str, bytes]]
 # Delivery errors after which this producer's id/epoch is unusable: every later record would fail the same way.
@@ -60,6 +76,10 @@ class Unavailable(Exception):
     """Kafka did not take the record (down, queue full, no acknowledgement in time, fatal error): a 503."""
 
 
+class TooLarge(Exception):
+    """The producer or the broker refuses the record for its size (MSG_SIZE_TOO_LARGE): a 413."""
+
+
 class KafkaProducer(Protocol):
     """The part of confluent_kafka.Producer the publisher uses (a fake in the unit tests)."""
 
@@ -84,8 +104,46 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "message.timeout.ms": settings.ingest_delivery_timeout_ms,
         # The Java clients' partitioner: keyed records land where a Java producer would put them.
         "partitioner": "murmur2_random",
+        "queue.buffering.max.kbytes": QUEUE_KBYTES,
+        # Every body the ingest accepts fits (librdkafka's default, 1,000,000, is below a body of 1 MiB).
+        "message.max.bytes": settings.ingest_max_body_bytes + RECORD_ALLOWANCE,
     }
     return {**defaults, **settings.kafka_overrides("producer"), "enable.idempotence": True, "acks": "all"}
+
+
+def limits_problem(max_body: int, config: dict[str, Any], topic_max: int | None = None) -> str | None:
+    """Why a body of `max_body` bytes (plus `RECORD_ALLOWANCE`) may not fit the producer's `message.max.bytes`
+    or the topic's `max.message.bytes` (None: unknown), or None when it fits both."""
+    needed = max_body + RECORD_ALLOWANCE
+    producer_max = int(config.get("message.max.bytes", LIBRDKAFKA_MESSAGE_MAX_BYTES))
+    if producer_max < needed:
+        return (
+            f"WORKER_INGEST_MAX_BODY_BYTES={max_body} does not fit the producer's message.max.bytes={producer_max} "
+            f"(needs {needed}: the body, key and headers): lower the body limit or raise WORKER_KAFKA_MESSAGE_MAX_BYTES"
+        )
+    if topic_max is not None and topic_max < needed:
+        return (
+            f"WORKER_INGEST_MAX_BODY_BYTES={max_body} does not fit the ingest topic's max.message.bytes={topic_max} "
+            f"(needs {needed}): lower the body limit or raise the topic's max.message.bytes"
+        )
+    return None
+
+
+def topic_limit(config: dict[str, Any], topic: str, timeout: float) -> int | None:
+    """The topic's `max.message.bytes`, or None when the broker does not tell within `timeout` (down, or
+    DescribeConfigs denied): then a record over it is a 413 from its delivery report."""
+    settings: dict[str, Any] = {name: value for name, value in config.items() if not callable(value)}
+    settings["logger"] = KAFKA_LOGGER
+    admin = AdminClient(settings)
+    try:
+        (future,) = admin.describe_configs(
+            [ConfigResource(ConfigResource.Type.TOPIC, topic)], request_timeout=timeout
+        ).values()
+        entries = future.result(timeout=timeout)
+        return int(entries["max.message.bytes"].value)
+    except Exception as error:  # any failure means "unknown": the broker decides per record
+        log.warning("topic_limit_unknown", topic=topic, error=str(error))
+        return None
 
 
 class Publisher:
@@ -116,8 +174,9 @@ class Publisher:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    async def publish(self, value: bytes, key: bytes | None, headers: Headers) -> Delivered:
-        """Produce `value` as it is; return where the broker stored it, or raise `Unavailable`."""
+    def send(self, value: bytes, key: bytes | None, headers: Headers) -> asyncio.Future[Delivered]:
+        """Produce `value` as it is; the future gives where the broker stored it, or raises `TooLarge` or
+        `Unavailable` (so do the call itself, when the producer refuses at once)."""
         assert self._loop is not None, "start() first"
         future: asyncio.Future[Delivered] = self._loop.create_future()
 
@@ -131,14 +190,15 @@ class Publisher:
         except BufferError:
             raise Unavailable("the producer's queue is full") from None
         except KafkaException as error:
-            if error.args[0].fatal():
-                self._broken = error.args[0]
-            raise Unavailable(error.args[0].str()) from None
+            kafka_error: KafkaError = error.args[0]
+            if kafka_error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                raise TooLarge(kafka_error.str()) from None
+            if kafka_error.fatal():
+                self._broken = kafka_error
+            raise Unavailable(kafka_error.str()) from None
         timer = self._loop.call_later(self.timeout_s, _expire, future, self.timeout_s)
-        try:
-            return await future
-        finally:
-            timer.cancel()
+        future.add_done_callback(lambda _future: timer.cancel())
+        return future
 
     def reachable(self, timeout: float) -> str | None:
         """None when the broker answers metadata for the topic, else why not (blocking: run in a thread)."""
@@ -199,6 +259,9 @@ def _expire(future: asyncio.Future[Delivered], timeout_s: float) -> None:
 def _resolve(reports: list[Report]) -> None:
     for future, error, message in reports:
         if future.done():  # timed out (or the request went away) before the report came
+            continue
+        if error is not None and error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+            future.set_exception(TooLarge(error.str()))
             continue
         if error is not None or message is None:
             future.set_exception(Unavailable(error.str() if error else "delivery report without a message"))

@@ -1,54 +1,73 @@
-"""What the webhook endpoint decides about one request, as pure functions (no I/O): whether its
-`Qlik-Signature` matches, whether its content type is one we take, and which Kafka key and record headers its
-body gets. `worker/ingest/server.py` calls these; the property tests in tests/unit/ingest/test_rules.py pin them down.
-
-Qlik signs a webhook with the hex HMAC-SHA256 of the raw request body under the secret the tenant admin set on
-the webhook. The check runs over the raw bytes, before anything is parsed, and against every configured secret
-(rotation: old and new are both configured for a while) in constant time.
+"""What the webhook endpoints decide about one request, as pure functions (no I/O): the media type a body is
+stored with, which tenants a body names (a signature's secret must be bound to that tenant:
+`worker/ingest/secrets.py`), whether a UMS body is Seismic's URL verification challenge, which Kafka key and
+record headers a body gets, and which refusals are logged (`RefusalLog`). `worker/ingest/server.py` calls
+these; the property tests in tests/unit/ingest/test_rules.py pin them down.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Final
 
-# Request header carrying the signature (HTTP header names are case-insensitive; ASGI hands them lower-cased).
-SIGNATURE_HEADER = "qlik-signature"
+import orjson
+
+# Request headers carrying the signature (HTTP header names are case-insensitive; ASGI hands them lower-cased):
+# Qlik Cloud's, and the UMS endpoint's own (Seismic documents no signature for its webhooks: README "Security").
+SIGNATURE_HEADER: Final = "qlik-signature"
+UMS_SIGNATURE_HEADER: Final = "ums-signature"
 # Media types of a webhook body: Qlik's CloudEvents (structured mode) and UMS webhooks (plain JSON).
-MEDIA_TYPES = frozenset({"application/json", "application/cloudevents+json"})
+MEDIA_TYPES: Final = frozenset({"application/json", "application/cloudevents+json"})
 # Record headers the ingest writes. `content-type` is the one the worker's decoder reads (worker/processing/decode.py);
 # `ingest.received_at` says when the endpoint took the request (RFC 3339), for tracing delays upstream.
-CONTENT_TYPE_HEADER = "content-type"
-RECEIVED_AT_HEADER = "ingest.received_at"
+CONTENT_TYPE_HEADER: Final = "content-type"
+RECEIVED_AT_HEADER: Final = "ingest.received_at"
+# Seismic's URL verification (its "Events & webhooks" guide): a request whose answer must echo `challenge`,
+# in its old form `{"type": "verification", "challenge": ...}` or its new one, a UMS-style wrapper of version
+# `WebhookChallengeV1` with `data.challenge`.
+CHALLENGE_VERSION: Final = "WebhookChallengeV1"
+CHALLENGE_MAX: Final = 256  # characters echoed at most: a challenge is a UUID or a 52-character token
 
 
-def sign(body: bytes, secret: str) -> str:
-    """The `Qlik-Signature` value Qlik sends for `body` under `secret` (lower-case hex)."""
-    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def signature_matches(body: bytes, signature: str | None, secrets: Sequence[str]) -> bool:
-    """True when `signature` is the HMAC of `body` under any of `secrets`, hex in either case.
-
-    Every secret is compared, with `hmac.compare_digest`, whether or not an earlier one matched, so the time
-    taken says nothing about which secret (or how much of a guess) was right."""
-    if signature is None:
-        return False
-    given = signature.strip().lower().encode("ascii", "replace")
-    matched = False
-    for secret in secrets:
-        matched |= hmac.compare_digest(given, sign(body, secret).encode())
-    return matched
-
-
-def media_type_accepted(content_type: str | None) -> bool:
-    """`application/json` or `application/cloudevents+json`, in any case, with or without parameters
-    (`; charset=utf-8`)."""
+def media_type(content_type: str | None) -> str | None:
+    """The canonical media type of an accepted `Content-Type` (`application/json` or
+    `application/cloudevents+json`, any case, with or without parameters such as `; charset=utf-8`: JSON is
+    UTF-8), or None for any other. The record stores this, not the raw header."""
     if content_type is None:
-        return False
-    return content_type.split(";", 1)[0].strip().lower() in MEDIA_TYPES
+        return None
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media if media in MEDIA_TYPES else None
+
+
+def tenants_named(event: dict[str, object]) -> list[object]:
+    """Every tenant id a body names, as it wrote it: CloudEvents `tenantid`, UMS `tenantId` and `data.tenantId`.
+    The worker keys, dedupes and records by these, so a bound secret must cover each one."""
+    named = [event[name] for name in ("tenantid", "tenantId") if name in event]
+    data = event.get("data")
+    if isinstance(data, dict) and "tenantId" in data:
+        named.append(data["tenantId"])
+    return named
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """Seismic's URL verification: the answer's body and media type, as its guide documents them."""
+
+    body: bytes
+    media_type: str
+
+
+def ums_challenge(event: dict[str, object]) -> Challenge | None:
+    """The answer to a URL verification request, or None for any other body."""
+    if event.get("type") == "verification" and _text(event.get("challenge")):
+        token = str(event["challenge"])[:CHALLENGE_MAX]
+        return Challenge(token.encode(), "text/plain")
+    data = event.get("data")
+    if event.get("version") == CHALLENGE_VERSION and isinstance(data, dict) and _text(data.get("challenge")):
+        token = str(data["challenge"])[:CHALLENGE_MAX]
+        return Challenge(orjson.dumps({"challenge": token}), "application/json")
+    return None
 
 
 def _text(value: object) -> str | None:
@@ -84,3 +103,28 @@ def log_fields(event: dict[str, object]) -> dict[str, str | None]:
 def received_at(now: datetime) -> str:
     """RFC 3339 UTC with milliseconds, as the records' own times."""
     return now.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class RefusalLog:
+    """Which refusals get a log line: per kind (a status, or a reason), the first `burst` and then `rate` per
+    second; the lines dropped in between are counted and reported on the next line of that kind (`suppressed`).
+    A flood of bad requests then costs a bounded number of lines, and the metrics still count every one."""
+
+    rate: float = 1.0
+    burst: int = 10
+    _tokens: dict[str, float] = field(default_factory=dict)
+    _last: dict[str, float] = field(default_factory=dict)
+    _dropped: dict[str, int] = field(default_factory=dict)
+
+    def admit(self, kind: str, now: float) -> int | None:
+        """None: drop this line; else log it, with this many lines of its kind dropped since the last one.
+        `now` is a monotonic clock in seconds."""
+        tokens = min(self.burst, self._tokens.get(kind, self.burst) + (now - self._last.get(kind, now)) * self.rate)
+        self._last[kind] = now
+        if tokens < 1:
+            self._tokens[kind] = tokens
+            self._dropped[kind] = self._dropped.get(kind, 0) + 1
+            return None
+        self._tokens[kind] = tokens - 1
+        return self._dropped.pop(kind, 0)

@@ -1,14 +1,23 @@
-"""`python -m worker ingest`: the HTTP endpoint Qlik Cloud delivers its webhooks to. It checks a request's
-signature, size, content type and that the body is a JSON object, then produces the body byte for byte to
-the ingest topic and answers 202 only after the broker acknowledged it. It does not validate events: the
-worker does, so one place decides what is valid (and dead-letters the rest).
+"""`python -m worker ingest`: the HTTP endpoints webhook senders deliver to. A request's signature, size,
+content type, sender and tenant are checked, then its body is produced byte for byte to the ingest topic and
+answered 202 only after the broker acknowledged it. Events are not validated: the worker does that, so one
+place decides what is valid (and dead-letters the rest).
 
-`POST /webhooks/qlik`, in this order (the first that fails answers):
+Two endpoints, one per sender, each with its own secrets (README "Security"):
+- `POST /webhooks/qlik`: Qlik Cloud's CloudEvents, signed in `Qlik-Signature`;
+- `POST /webhooks/ums`: UMS user-group webhooks (Seismic's User Management Service), signed in
+  `UMS-Signature` with a secret of our own (Seismic documents no signature), and Seismic's URL verification.
+
+Each request, in this order (the first check that fails answers; `worker/ingest/http.py` refuses before: 408
+headers too slow, 431 headers too large):
   405 another method · 415 content type · 400 `Content-Length` not a number · 413 `Content-Length` over the
-  limit · 413 body over the limit while reading · 401 `Qlik-Signature` missing or wrong (raw body, every
-  configured secret) · 400 not a JSON object ·
-  503 Kafka unavailable or no acknowledgement in time (`Retry-After`) · 202 `{topic, partition, offset}`.
-Also `/healthz`, `/readyz` (Kafka answers for the topic), `/metrics` and `/openapi.json` on the same port.
+  limit · 401 no signature, or not 64 hex digits (the body is not read) · 408 body not in within the read
+  timeout (or its read slot taken by a newer read) · 413 body over the limit while reading · 401 signature
+  matches no secret (raw body, every secret) · 400 not a JSON object · 403 the other sender's format, or a
+  tenant the matching secret is not bound to · 200 Seismic's URL verification (UMS) · 503 too many requests
+  wait for Kafka · 413 too large for Kafka · 503 Kafka unavailable or no acknowledgement in time
+  (`Retry-After`) · 202 `{topic, partition, offset}`. A client gone before its body was read is counted as 499.
+Also `/healthz`, `/readyz` (Kafka answers for the topic; cached), `/metrics` and `/openapi.json`.
 """
 
 from __future__ import annotations
@@ -21,66 +30,109 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import structlog
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from worker.config import Settings
+from worker.config import SecretEntry, Settings
 from worker.ingest import metrics
-from worker.ingest.producer import Publisher, Unavailable, producer_config
+from worker.ingest.bounds import BodyTooLarge, Bounds, Busy, ClientGone, ReadTimeout
+from worker.ingest.http import BoundedHttpTools, tls_context
+from worker.ingest.producer import Publisher, TooLarge, Unavailable, limits_problem, producer_config, topic_limit
 from worker.ingest.rules import (
     CONTENT_TYPE_HEADER,
     RECEIVED_AT_HEADER,
     SIGNATURE_HEADER,
+    UMS_SIGNATURE_HEADER,
+    RefusalLog,
     log_fields,
-    media_type_accepted,
+    media_type,
     received_at,
     record_key,
-    signature_matches,
+    tenants_named,
+    ums_challenge,
 )
+from worker.ingest.secrets import ANY, Grant, SecretsSource, well_formed
+from worker.processing.ums import looks_like_ums
 
 log = structlog.get_logger("worker.ingest.server")
 
-WEBHOOK_PATH = "/webhooks/qlik"
-ROUTES = (WEBHOOK_PATH, "/healthz", "/readyz", "/metrics", "/openapi.json")
+WEBHOOK_PATH: Final = "/webhooks/qlik"
+UMS_PATH: Final = "/webhooks/ums"
+ROUTES: Final = (WEBHOOK_PATH, UMS_PATH, "/healthz", "/readyz", "/metrics", "/openapi.json")
 # What a 503 asks the sender to wait: Kafka outages that end by themselves (a broker restart, a leader
 # election) take seconds.
-RETRY_AFTER_SECONDS = 5
-READY_TIMEOUT_SECONDS = 2.0
-CLOSE_TIMEOUT_SECONDS = 10.0
+RETRY_AFTER_SECONDS: Final = 5
+READY_TIMEOUT_SECONDS: Final = 2.0
+# /readyz answers from the last metadata request while it is this young: probes and scrapers cost one request per
+# interval however often they ask; a "not ready" is asked again sooner, so recovery shows within a second.
+READY_CACHE_SECONDS: Final = 5.0
+NOT_READY_CACHE_SECONDS: Final = 1.0
+CLOSE_TIMEOUT_SECONDS: Final = 10.0
+TOPIC_LIMIT_TIMEOUT_SECONDS: Final = 5.0  # at start; unknown after it (the broker is down): checked per record
+# A request whose body stopped arriving ends its connection. Other refusals keep it: uvicorn reads what is left
+# of an unread body and drops it, so the sender can read its answer, and worker/ingest/http.py bounds the time
+# that takes (the connection waits for a request meanwhile: read timeout, the oldest of too many is closed).
+CLOSE: Final = {"Connection": "close"}
+GONE: Final = 499  # nginx's "client closed request": counted, never sent
+
+Fields = dict[str, Any]
 
 
 @dataclass(frozen=True)
-class Policy:
-    """What a request is checked against, from the settings."""
+class Endpoint:
+    """One sender's webhook: its path, signature header, secrets (None: unsigned, a trusted test setup) and
+    whether it takes UMS webhooks (else CloudEvents)."""
 
-    secrets: tuple[str, ...]
-    check_signature: bool
+    path: str
+    signature_header: str
+    secrets: SecretsSource | None
+    ums: bool
     max_body_bytes: int
 
-    @classmethod
-    def of(cls, settings: Settings) -> Policy:
-        secrets = tuple(secret.get_secret_value() for secret in settings.ingest_secrets)
-        return cls(secrets, bool(secrets) or not settings.ingest_allow_unsigned, settings.ingest_max_body_bytes)
+    @property
+    def sender(self) -> str:
+        return "UMS" if self.ums else "Qlik"
+
+
+def endpoints(settings: Settings) -> list[Endpoint]:
+    """The endpoints of these settings. Unsigned (no `secrets`) only when no secret at all is configured and
+    that is allowed; else an endpoint without secrets refuses every request (401)."""
+    limit = settings.ingest_max_body_bytes
+    unsigned = settings.ingest_allow_unsigned and not settings.ingest_signed
+
+    def secrets(entries: list[SecretEntry], path: str, variable: str) -> SecretsSource | None:
+        return None if unsigned else SecretsSource(entries, path, variable)
+
+    qlik = secrets(settings.ingest_secret_entries(), settings.ingest_secrets_file, "WORKER_INGEST_SECRETS_FILE")
+    ums = secrets(
+        settings.ingest_ums_secret_entries(), settings.ingest_ums_secrets_file, "WORKER_INGEST_UMS_SECRETS_FILE"
+    )
+    return [
+        Endpoint(WEBHOOK_PATH, SIGNATURE_HEADER, qlik, ums=False, max_body_bytes=limit),
+        Endpoint(UMS_PATH, UMS_SIGNATURE_HEADER, ums, ums=True, max_body_bytes=limit),
+    ]
 
 
 def refusal(settings: Settings) -> str | None:
-    """Why the endpoint must not start with these settings, or None."""
-    if not settings.ingest_secrets and not settings.ingest_allow_unsigned:
+    """Why the ingest must not start with these settings, or None."""
+    if not settings.ingest_signed and not settings.ingest_allow_unsigned:
         return (
             "WORKER_INGEST_SECRETS is empty: every webhook would be refused (401). Set it to the secret of the "
-            "Qlik webhook (comma-separated for rotation), or WORKER_INGEST_ALLOW_UNSIGNED=true to accept "
-            "unsigned requests (a trusted test setup only)."
+            "Qlik webhook (<tenant id>:<secret>, comma-separated for several tenants or a rotation) or "
+            "WORKER_INGEST_SECRETS_FILE (and WORKER_INGEST_UMS_SECRETS for UMS webhooks), or "
+            "WORKER_INGEST_ALLOW_UNSIGNED=true to accept unsigned requests (a trusted test setup only)."
         )
-    return None
+    return limits_problem(settings.ingest_max_body_bytes, producer_config(settings))
 
 
 def _json(status: int, content: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
@@ -91,77 +143,135 @@ def _error(status: int, text: str, headers: dict[str, str] | None = None) -> Res
     return _json(status, {"error": text}, headers)
 
 
-async def _read_limited(request: Request, limit: int) -> bytes | None:
-    """The body, or None as soon as it grows past `limit` (the rest is never read)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """What a body that passed every check is stored with; the parsed event itself is not kept."""
+
+    key: bytes | None
+    fields: Fields
 
 
 class Webhook:
-    """The ASGI app of `POST /webhooks/qlik` (an app, not a request function, so it sees every method)."""
+    """The ASGI app of one endpoint (an app, not a request function, so it sees every method)."""
 
-    def __init__(self, policy: Policy, publisher: Publisher) -> None:
-        self.policy, self.publisher = policy, publisher
+    def __init__(self, endpoint: Endpoint, publisher: Publisher, bounds: Bounds, refusals: RefusalLog) -> None:
+        self.endpoint, self.publisher, self.bounds, self.refusals = endpoint, publisher, bounds, refusals
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response, fields = await self._answer(Request(scope, receive))
-        status = response.status_code
-        # Every refusal is logged; a stored event only at DEBUG: it is counted, and on the topic with its
-        # ingest.received_at, and a line per 202 would cost a tenth of the endpoint's CPU at full load.
-        level = log.debug if status == 202 else log.info if status < 500 else log.warning
-        level("webhook", status=status, **fields)
+        answer = await self._answer(scope, receive)
+        if answer is None:  # gone before its body was read: nobody to answer (CountRequests counts it as 499)
+            self._log(GONE, {}, scope)
+            return
+        response, fields = answer
+        self._log(response.status_code, fields, scope)
         await response(scope, receive, send)
 
-    async def _answer(self, request: Request) -> tuple[Response, dict[str, Any]]:
+    def _log(self, status: int, fields: Fields, scope: Scope) -> None:
+        """A stored event only at DEBUG: it is counted, and on the topic with its ingest.received_at, and a line
+        per 202 would cost a tenth of the endpoint's CPU at full load. Refusals at INFO (WARNING for 5xx),
+        sampled per status (`RefusalLog`): a flood of them costs a bounded number of lines."""
+        if status == 202:
+            log.debug("webhook", path=self.endpoint.path, status=status, **fields)
+            return
+        suppressed = self.refusals.admit(f"{self.endpoint.path}:{status}", time.monotonic())
+        if suppressed is not None:
+            client = scope.get("client")
+            level = log.warning if status >= 500 else log.info
+            level(
+                "webhook",
+                path=self.endpoint.path,
+                status=status,
+                client=client[0] if client else None,
+                suppressed=suppressed,
+                **fields,
+            )
+
+    async def _answer(self, scope: Scope, receive: Receive) -> tuple[Response, Fields] | None:
         taken = received_at(datetime.now(UTC))
-        if request.method != "POST":
-            return _error(405, "use POST", {"Allow": "POST"}), {"method": request.method[:16]}
-        content_type = request.headers.get(CONTENT_TYPE_HEADER)
-        if not media_type_accepted(content_type):
+        endpoint, headers = self.endpoint, Headers(scope=scope)
+        if scope["method"] != "POST":
+            return _error(405, "use POST", {"Allow": "POST"}), {"method": scope["method"][:16]}
+        media = media_type(headers.get(CONTENT_TYPE_HEADER))
+        if media is None:
             return _error(415, "Content-Type must be application/json or application/cloudevents+json"), {}
-        declared = request.headers.get("content-length")
+        declared = headers.get("content-length")
         if declared is not None and not declared.isdigit():
             return _error(400, "Content-Length is not a number"), {}
-        limit = self.policy.max_body_bytes
+        limit = endpoint.max_body_bytes
         if declared is not None and int(declared) > limit:
             return _error(413, f"body over {limit} bytes"), {"bytes": int(declared)}
-        body = await _read_limited(request, limit)
-        if body is None:
-            return _error(413, f"body over {limit} bytes"), {}
-        metrics.BODY_BYTES.observe(len(body))
-        fields: dict[str, Any] = {"bytes": len(body)}
-        signature = request.headers.get(SIGNATURE_HEADER)
-        if self.policy.check_signature and not signature_matches(body, signature, self.policy.secrets):
-            return _error(401, "Qlik-Signature missing or wrong"), fields
+        signature = headers.get(endpoint.signature_header)
+        verifier = endpoint.secrets.keyring.verifier() if endpoint.secrets else None
+        if verifier is not None and not well_formed(signature):
+            return self._unsigned(), {}
         try:
-            event = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return _error(400, "body is not JSON"), fields
-        if not isinstance(event, dict):
-            return _error(400, "body is not a JSON object"), fields
-        fields.update(log_fields(event))
-        assert content_type is not None  # media_type_accepted said so
-        headers = [(CONTENT_TYPE_HEADER, content_type.encode("latin-1")), (RECEIVED_AT_HEADER, taken.encode())]
+            chunks = await self.bounds.read(receive, limit, verifier)
+        except ReadTimeout:
+            return _error(408, f"body not received within {self.bounds.read_timeout:g} s", CLOSE), {}
+        except BodyTooLarge:
+            return _error(413, f"body over {limit} bytes"), {}
+        except ClientGone:
+            return None
+        size = sum(len(chunk) for chunk in chunks)
+        metrics.BODY_BYTES.observe(size)
+        fields: Fields = {"bytes": size}
+        grant = ANY if verifier is None else verifier.grant(signature)
+        if grant is None:
+            return self._unsigned(), fields
+        body = b"".join(chunks)
+        del chunks
+        admitted = self._admit(body, grant)
+        if isinstance(admitted, tuple):
+            response, more = admitted
+            return response, {**fields, **more}
+        fields.update(admitted.fields)
+        record_headers = [(CONTENT_TYPE_HEADER, media.encode()), (RECEIVED_AT_HEADER, taken.encode())]
         started = time.perf_counter()
         try:
-            stored = await self.publisher.publish(body, record_key(event), headers)
+            with self.bounds.wait_for_kafka():
+                pending = self.publisher.send(body, admitted.key, record_headers)
+                del body  # librdkafka holds its own copy while the request waits
+                stored = await pending
+        except Busy:
+            return _unavailable("too many requests wait for Kafka"), {**fields, "cause": "busy"}
+        except TooLarge as error:
+            return _error(413, "body too large for the Kafka topic"), {**fields, "cause": str(error)}
         except Unavailable as error:
-            fields["cause"] = str(error)
-            retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-            return _error(503, f"Kafka unavailable: {error}", retry), fields
+            return _unavailable("Kafka unavailable"), {**fields, "cause": str(error)}
         metrics.ACK_SECONDS.observe(time.perf_counter() - started)
         where = {"topic": stored.topic, "partition": stored.partition, "offset": stored.offset}
         return _json(202, where), {**fields, **where}
 
+    def _unsigned(self) -> Response:
+        return _error(401, f"{self.endpoint.signature_header.title()} missing or wrong")
+
+    def _admit(self, body: bytes, grant: Grant) -> Admitted | tuple[Response, Fields]:
+        """The checks of a signed body, on its parsed event (which is dropped when this returns)."""
+        try:
+            event = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return _error(400, "body is not JSON"), {}
+        if not isinstance(event, dict):
+            return _error(400, "body is not a JSON object"), {}
+        fields: Fields = log_fields(event)
+        if self.endpoint.ums and (challenge := ums_challenge(event)):  # nothing is stored: no tenant to check
+            return Response(challenge.body, 200, media_type=challenge.media_type), {**fields, "challenge": True}
+        if looks_like_ums(event) != self.endpoint.ums:
+            other = "a CloudEvent" if self.endpoint.ums else "a UMS webhook"
+            return _error(403, f"{other} is not accepted on the {self.endpoint.sender} endpoint"), fields
+        if not grant.allows(tenants_named(event)):
+            return _error(403, "the signature's secret is not bound to the tenant the body names"), fields
+        return Admitted(record_key(event), fields)
+
+
+def _unavailable(text: str) -> Response:
+    """503 with `Retry-After`; the cause is logged, not answered (answers land in the sender's delivery log)."""
+    return _error(503, f"{text}, retry later", {"Retry-After": str(RETRY_AFTER_SECONDS)})
+
 
 class CountRequests:
-    """ASGI middleware: `ingest_requests_total{route, status}` for every answer, whoever wrote it."""
+    """ASGI middleware: `ingest_requests_total{route, status}` for every answer, whoever wrote it, and 499 for a
+    request answered by nobody because its client went away first."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -178,25 +288,54 @@ class CountRequests:
             await self.app(scope, receive, send)
             return
         route = scope["path"] if scope["path"] in ROUTES else "other"
+        answered = False
 
         async def counted(message: Message) -> None:
+            nonlocal answered
             if message["type"] == "http.response.start":
+                answered = True
                 self._count(route, message["status"])
             await send(message)
 
         await self.app(scope, receive, counted)
+        if not answered:
+            self._count(route, GONE)
 
 
-def build_app(settings: Settings, publisher: Publisher) -> Starlette:
-    """The ASGI app; the publisher is started and closed with it (lifespan)."""
+class Readiness:
+    """/readyz: whether the broker answers metadata for the topic, asked again only once the last answer is
+    older than `READY_CACHE_SECONDS` (`NOT_READY_CACHE_SECONDS` for a problem); concurrent callers share one."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self._publisher = publisher
+        self._checked = -READY_CACHE_SECONDS
+        self._problem: str | None = None
+        self._lock = asyncio.Lock()
+
+    async def problem(self) -> str | None:
+        async with self._lock:
+            fresh = NOT_READY_CACHE_SECONDS if self._problem else READY_CACHE_SECONDS
+            if time.monotonic() - self._checked >= fresh:
+                self._problem = await asyncio.to_thread(self._publisher.reachable, READY_TIMEOUT_SECONDS)
+                self._checked = time.monotonic()
+            return self._problem
+
+
+def build_app(settings: Settings, publisher: Publisher, refusals: RefusalLog | None = None) -> Starlette:
+    """The ASGI app; the publisher is started and closed with it (lifespan), and so are the secrets files'
+    watchers."""
     document = openapi(settings)
+    refusals = refusals or RefusalLog()
+    bounds = Bounds(settings.ingest_read_timeout_seconds, settings.ingest_max_body_reads, settings.ingest_max_waiting)
+    webhooks = endpoints(settings)
+    readiness = Readiness(publisher)
 
     async def healthz(_request: Request) -> Response:
         alive = publisher.alive()
         return PlainTextResponse("ok\n" if alive else "poll thread stopped\n", 200 if alive else 503)
 
     async def readyz(_request: Request) -> Response:
-        problem = await asyncio.to_thread(publisher.reachable, READY_TIMEOUT_SECONDS)
+        problem = await readiness.problem()
         return PlainTextResponse(f"{problem}\n" if problem else "ready\n", 503 if problem else 200)
 
     async def prometheus(_request: Request) -> Response:
@@ -208,12 +347,19 @@ def build_app(settings: Settings, publisher: Publisher) -> Starlette:
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         publisher.start(asyncio.get_running_loop())
-        log.info("ingest_started", topic=publisher.topic, port=settings.ingest_port, path=WEBHOOK_PATH)
+        watchers = [asyncio.create_task(door.secrets.watch()) for door in webhooks if door.secrets]
+        for door in webhooks:
+            if door.secrets is None:
+                log.warning("ingest_unsigned", path=door.path, detail="requests are accepted without a signature")
+        log.info("ingest_started", topic=publisher.topic, port=settings.ingest_port, paths=[d.path for d in webhooks])
         yield
+        bounds.close()
+        for watcher in watchers:
+            watcher.cancel()
         await asyncio.to_thread(publisher.close, CLOSE_TIMEOUT_SECONDS)
 
     routes = [
-        Route(WEBHOOK_PATH, Webhook(Policy.of(settings), publisher)),
+        *(Route(door.path, Webhook(door, publisher, bounds, refusals)) for door in webhooks),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", prometheus),
@@ -225,29 +371,45 @@ def build_app(settings: Settings, publisher: Publisher) -> Starlette:
 
 
 def serve(settings: Settings) -> int:
-    """Run the endpoint until SIGTERM/SIGINT (uvicorn finishes the requests in flight, then the lifespan
+    """Run the endpoints until SIGTERM/SIGINT (uvicorn finishes the requests in flight, then the lifespan
     flushes the producer)."""
-    if problem := refusal(settings):
+    config, topic = producer_config(settings), settings.effective_ingest_topic
+    problem = refusal(settings) or limits_problem(
+        settings.ingest_max_body_bytes, config, topic_limit(config, topic, TOPIC_LIMIT_TIMEOUT_SECONDS)
+    )
+    if problem:
         print(f"refusing to start: {problem}", file=sys.stderr)
         return 2
-    publisher = Publisher(
-        producer_config(settings), settings.effective_ingest_topic, settings.ingest_delivery_timeout_ms / 1000
-    )
-    config = uvicorn.Config(
-        build_app(settings, publisher),
+    publisher = Publisher(config, topic, settings.ingest_delivery_timeout_ms / 1000)
+    refusals = RefusalLog()
+
+    def closed(reason: str, client: str | None) -> None:
+        metrics.CONNECTIONS_CLOSED.labels(reason).inc()
+        if (suppressed := refusals.admit(reason, time.monotonic())) is not None:
+            log.info("connection_closed", reason=reason, client=client, suppressed=suppressed)
+
+    tls = bool(settings.ingest_tls_certfile)
+    server = uvicorn.Config(
+        build_app(settings, publisher, refusals),
         host="0.0.0.0",
         port=settings.ingest_port,
+        http=BoundedHttpTools.bounded(
+            settings.ingest_read_timeout_seconds, settings.ingest_max_idle_connections, closed
+        ),
+        ws="none",
         ssl_certfile=settings.ingest_tls_certfile or None,
         ssl_keyfile=settings.ingest_tls_keyfile or None,
+        ssl_context_factory=tls_context if tls else None,
+        forwarded_allow_ips=settings.ingest_forwarded_allow_ips,
         log_config=None,  # uvicorn's own lines go through worker.logs (JSON)
-        access_log=False,  # the webhook line above says more, and never the body
+        access_log=False,  # the webhook line says more, and never the body
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
     )
     # uvicorn handles SIGTERM/SIGINT itself (stop accepting, finish requests, lifespan shutdown) and then
     # re-raises the signal to the handler from before it started: by then there is nothing left to do.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, lambda *_: None)
-    uvicorn.Server(config).run()
+    uvicorn.Server(server).run()
     return 0
 
 
@@ -268,53 +430,68 @@ def _text_response(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
 
 
+def _webhook(settings: Settings, sender: str, header: str, body: str, extra: dict[str, Any]) -> dict[str, Any]:
+    body_schema = {"type": "object", "description": body}
+    retry = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+    return {
+        "post": {
+            "summary": f"Store one {sender} webhook event on the ingest topic",
+            "parameters": [
+                {
+                    "name": header,
+                    "in": "header",
+                    "required": True,
+                    "description": "hex HMAC-SHA256 of the raw body under a secret bound to the body's tenant",
+                    "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+                }
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": body_schema},
+                    "application/cloudevents+json": {"schema": body_schema},
+                },
+            },
+            "responses": {
+                "202": {
+                    "description": "acknowledged by Kafka (acks=all)",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Stored"}}},
+                },
+                **extra,
+                "400": _error_response("not JSON, or JSON that is not an object"),
+                "401": _error_response(f"{header} missing or wrong"),
+                "403": _error_response(f"not a {sender} webhook, or a tenant the secret is not bound to"),
+                "405": _error_response("another method than POST"),
+                "408": _error_response(f"body not received within {settings.ingest_read_timeout_seconds:g} s"),
+                "413": _error_response(f"body over {settings.ingest_max_body_bytes} bytes, or too large for Kafka"),
+                "415": _error_response("another content type"),
+                "503": _error_response("Kafka unavailable, no acknowledgement in time, or too many waiting", retry),
+            },
+        }
+    }
+
+
 def openapi(settings: Settings) -> dict[str, Any]:
     """The document served at /openapi.json (OpenAPI 3.0), what the schemathesis test checks the app against."""
-    body_schema = {"type": "object", "description": "the webhook's event: a CloudEvent (structured) or a UMS webhook"}
+    challenge = {
+        "200": {
+            "description": "Seismic's URL verification: the challenge echoed",
+            "content": {
+                "text/plain": {"schema": {"type": "string"}},
+                "application/json": {"schema": {"type": "object"}},
+            },
+        }
+    }
     return {
         "openapi": "3.0.3",
         "info": {
-            "title": "group-events worker: Qlik Cloud webhook ingest",
+            "title": "group-events worker: webhook ingest",
             "version": "1",
-            "description": "Signed Qlik Cloud webhooks in, records on the ingest Kafka topic out.",
+            "description": "Signed Qlik Cloud and UMS webhooks in, records on the ingest Kafka topic out.",
         },
         "paths": {
-            WEBHOOK_PATH: {
-                "post": {
-                    "summary": "Store one webhook event on the ingest topic",
-                    "parameters": [
-                        {
-                            "name": "Qlik-Signature",
-                            "in": "header",
-                            "required": True,
-                            "description": "hex HMAC-SHA256 of the raw body under the webhook's secret",
-                            "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
-                        }
-                    ],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {"schema": body_schema},
-                            "application/cloudevents+json": {"schema": body_schema},
-                        },
-                    },
-                    "responses": {
-                        "202": {
-                            "description": "acknowledged by Kafka (acks=all)",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Stored"}}},
-                        },
-                        "400": _error_response("not JSON, or JSON that is not an object"),
-                        "401": _error_response("Qlik-Signature missing or wrong"),
-                        "405": _error_response("another method than POST"),
-                        "413": _error_response(f"body over {settings.ingest_max_body_bytes} bytes"),
-                        "415": _error_response("another content type"),
-                        "503": _error_response(
-                            "Kafka unavailable or no acknowledgement within the delivery timeout; retry",
-                            {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
-                        ),
-                    },
-                }
-            },
+            WEBHOOK_PATH: _webhook(settings, "Qlik Cloud", "Qlik-Signature", "a CloudEvent (structured)", {}),
+            UMS_PATH: _webhook(settings, "UMS", "UMS-Signature", "a UMS webhook (Seismic)", challenge),
             "/healthz": {"get": {"responses": {"200": _text_response("alive"), "503": _text_response("not")}}},
             "/readyz": {"get": {"responses": {"200": _text_response("Kafka answers"), "503": _text_response("why")}}},
             "/metrics": {"get": {"responses": {"200": _text_response("Prometheus text format")}}},

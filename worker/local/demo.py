@@ -20,11 +20,13 @@ import structlog
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
 from worker import logs
-from worker.config import Settings, load_settings
+from worker.config import Settings, load_settings, secret_entry
+from worker.ingest.rules import UMS_SIGNATURE_HEADER
 from worker.local.ingest_client import Answer, IngestProcess, curl_command, post, webhook_form
 from worker.local.samples import Sample, expected_counts, samples
 from worker.local.stack import create_topics, embedded, free_port
 from worker.processing.deadletter import PREFIX, dead_letter_fields
+from worker.processing.ums import looks_like_ums
 
 # The embedded brokers' groups settle in a few seconds with these (Tansu takes ~23 s with librdkafka's defaults).
 FAST_GROUP_TIMEOUTS = {
@@ -115,7 +117,7 @@ def run(build: Callable[[Settings], Worker]) -> int:
         runner.start()
         try:
             sent = post_samples(beside)
-            print(f"posted {len(sent)} signed webhooks to {beside.ingest.webhook_url}:")
+            print(f"posted {len(sent)} signed webhooks to the ingest at {beside.ingest.url}:")
             for sample, answer in sent:
                 print(f"  - {sample.note}: {answer.status} {orjson.dumps(answer.body).decode()}")
             want_records, want_dlq = expected_counts([sample for sample, answer in sent if answer.status == 202])
@@ -168,22 +170,36 @@ def read_outputs(
 class Beside:
     ingest: IngestProcess
     secret: str
+    ums_secret: str
     generated: bool  # the demo's own secret, not one from WORKER_INGEST_SECRETS
+
+
+def _first_secret(variable: str) -> str | None:
+    """The secret of the first entry of a secrets variable (`<tenant id>:<secret>` or bare), if it is set."""
+    first = os.environ.get(variable, "").split(",")[0].strip()
+    return secret_entry(first, variable)[1] if first else None
 
 
 @contextmanager
 def ingest_beside(log_level: str | None = None) -> Iterator[Beside]:
-    """The ingest for the current (embedded) settings: WORKER_INGEST_SECRETS and WORKER_INGEST_PORT when set,
-    else a generated secret (48 hex characters: within Qlik's 32 to 64) and a free port."""
-    configured = os.environ.get("WORKER_INGEST_SECRETS", "").split(",")[0].strip()
+    """The ingest for the current (embedded) settings: WORKER_INGEST_SECRETS, WORKER_INGEST_UMS_SECRETS and
+    WORKER_INGEST_PORT when set, else generated secrets (48 hex characters: within Qlik's 32 to 64, for any
+    tenant) and a free port. The secrets files of the environment are not used: the demo signs its posts."""
+    configured = _first_secret("WORKER_INGEST_SECRETS")
     secret = configured or secrets.token_hex(24)
+    ums_secret = _first_secret("WORKER_INGEST_UMS_SECRETS") or secrets.token_hex(24)
     port = int(os.environ.get("WORKER_INGEST_PORT") or free_port())
-    env = {"WORKER_INGEST_SECRETS": os.environ.get("WORKER_INGEST_SECRETS") or secret}
+    env = {
+        "WORKER_INGEST_SECRETS": os.environ.get("WORKER_INGEST_SECRETS") or secret,
+        "WORKER_INGEST_UMS_SECRETS": os.environ.get("WORKER_INGEST_UMS_SECRETS") or ums_secret,
+        "WORKER_INGEST_SECRETS_FILE": "",
+        "WORKER_INGEST_UMS_SECRETS_FILE": "",
+    }
     if log_level:
         env["WORKER_LOG_LEVEL"] = log_level
     ingest = IngestProcess(env, port, None).start()
     try:
-        yield Beside(ingest, secret, generated=not configured)
+        yield Beside(ingest, secret, ums_secret, generated=not configured)
     finally:
         ingest.stop()
 
@@ -223,11 +239,22 @@ def follow_records(settings: Settings, stop: threading.Event) -> None:
 
 
 def post_samples(beside: Beside) -> list[tuple[Sample, Answer]]:
-    """The demo's samples as signed webhooks (binary-mode parts folded into structured events), in order."""
+    """The demo's samples as signed webhooks (binary-mode parts folded into structured events; UMS webhooks to
+    their own endpoint), in order."""
     sent = []
     for sample in samples():
         body, content_type = webhook_form(sample)
-        answer = post(beside.ingest.webhook_url, body, beside.secret, content_type)
+        if _ums(body):
+            answer = post(beside.ingest.ums_url, body, beside.ums_secret, content_type, header=UMS_SIGNATURE_HEADER)
+        else:
+            answer = post(beside.ingest.webhook_url, body, beside.secret, content_type)
         note = sample.note if body == sample.value else f"{sample.note}, posted as one structured event"
         sent.append((Sample(sample.partition, body, [("content-type", content_type)], note), answer))
     return sent
+
+
+def _ums(body: bytes) -> bool:
+    try:
+        return looks_like_ums(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        return False

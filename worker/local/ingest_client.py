@@ -19,8 +19,9 @@ from pathlib import Path
 
 import orjson
 
-from worker.ingest.rules import sign
-from worker.ingest.server import WEBHOOK_PATH
+from worker.ingest.rules import SIGNATURE_HEADER
+from worker.ingest.secrets import sign
+from worker.ingest.server import UMS_PATH, WEBHOOK_PATH
 from worker.local.samples import Sample
 from worker.local.stack import HOST
 
@@ -33,19 +34,33 @@ class Answer:
 
 
 def post(
-    url: str, body: bytes, secret: str | None, content_type: str = "application/json", timeout: float = 30
+    url: str,
+    body: bytes,
+    secret: str | None,
+    content_type: str = "application/json",
+    timeout: float = 30,
+    header: str = SIGNATURE_HEADER,
 ) -> Answer:
-    """One webhook: `body` as it is, signed with `secret` (None: no signature header)."""
+    """One webhook: `body` as it is, signed with `secret` in `header` (None: no signature header)."""
     headers = {"Content-Type": content_type}
     if secret is not None:
-        headers["Qlik-Signature"] = sign(body, secret)
+        headers[header] = sign(body, secret)
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return Answer(response.status, orjson.loads(response.read()), _lower(response.headers.items()))
+            return Answer(response.status, _json_object(response.read()), _lower(response.headers.items()))
     except urllib.error.HTTPError as error:
         with error:
             return Answer(error.code, orjson.loads(error.read() or b"{}"), _lower(error.headers.items()))
+
+
+def _json_object(body: bytes) -> dict[str, object]:
+    """A JSON answer as it is; any other (Seismic's text/plain challenge) as `{"text": ...}`."""
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {"text": body.decode("utf-8", "replace")}
+    return answer if isinstance(answer, dict) else {"json": answer}
 
 
 def _lower(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -90,6 +105,10 @@ class IngestProcess:
     @property
     def webhook_url(self) -> str:
         return self.url + WEBHOOK_PATH
+
+    @property
+    def ums_url(self) -> str:
+        return self.url + UMS_PATH
 
     def start(self, timeout: float = 60) -> IngestProcess:
         env = {**os.environ, **self.env, "WORKER_INGEST_PORT": str(self.port)}

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,12 +162,16 @@ def start_tansu(log_dir: Path) -> Service:
     return Service(f"{HOST}:{port}", process, "tansu")
 
 
-def start_redis(log_dir: Path, port: int | None = None, *, durable: bool = False) -> Service:
+def start_redis(
+    log_dir: Path, port: int | None = None, *, durable: bool = False, options: Sequence[str] = ()
+) -> Service:
     """A private redis-server; `durable` keeps its data across a restart on the same port and directory
-    (append-only file, fsync on every write: what a production Redis under this worker should do)."""
+    (append-only file, fsync on every write: what a production Redis under this worker should do). `options`:
+    more of its command-line options (they win over the ones before: `--port 0 --tls-port <port>` serves TLS
+    only, on `port`)."""
     port = port or free_port()
     persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
-    command = [redis_server_binary(), "--bind", HOST, "--port", str(port), "--save", "", *persistence]
+    command = [redis_server_binary(), "--bind", HOST, "--port", str(port), "--save", "", *persistence, *options]
     process = subprocess.Popen(
         [*command, "--dir", str(log_dir), "--logfile", str(log_dir / f"redis-{port}.log")],
         stdout=subprocess.DEVNULL,

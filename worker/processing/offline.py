@@ -17,7 +17,7 @@ import structlog
 from worker.processing.decode import Headers
 from worker.processing.processor import BatchResult, Message, Processor
 from worker.processing.reassembly import CHUNK_USERS
-from worker.processing.stores import MemoryChangeStore, MemoryDedupe, MemoryTenantGroups
+from worker.processing.stores import MemoryChangeStore, MemoryDedupe, MemoryRecency, MemoryTenantGroups
 
 OUTPUT_TOPIC, DLQ_TOPIC, CONTROL_TOPIC = "output", "dlq", "control"
 TIMEOUT_MS = 900_000  # WORKER_BATCH_TIMEOUT_SECONDS' default
@@ -58,6 +58,7 @@ class Offline:
     chunk: int = CHUNK_USERS
     dedupe: MemoryDedupe = field(default_factory=MemoryDedupe)
     tenants: MemoryTenantGroups = field(default_factory=MemoryTenantGroups)
+    recency: MemoryRecency = field(default_factory=MemoryRecency)
     changes: MemoryChangeStore = field(init=False)
     processor: Processor = field(init=False)
     _control_offsets: itertools.count[int] = field(default_factory=itertools.count)
@@ -71,6 +72,7 @@ class Offline:
             dlq_topic=DLQ_TOPIC,
             control_topic=CONTROL_TOPIC,
             tenants=self.tenants,
+            recency=self.recency,
             logger=SILENT,
         )
 

@@ -6,6 +6,10 @@ plus what to settle and count once Kafka confirmed them. It never reads the cloc
 Everything it writes to the stores is tagged with the position of the message that made it (input or control
 topic), so running the same batch again after any failure returns the same outputs: the loop may retry or
 replay freely. A timeout scan writes nothing that matters: it only sends commands.
+
+Every emission (a group record, the membership records of a close, chunk or late part) is checked against its
+group's newest emitted occurrence (`worker/processing/recency.py`) before it is written out: older ones carry
+`superseded: true`, and superseded creations and deletions do not change the tenant group counts.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
 import structlog
@@ -22,6 +27,7 @@ from worker.processing.deadletter import dead_letter_headers
 from worker.processing.decode import Format, Headers, Rejected, Skipped, decode
 from worker.processing.models import DATA_MODELS, Event, UsersModified
 from worker.processing.reassembly import Part
+from worker.processing.recency import Emitted, Occurrence, Seen, group_key, micros, occurrence
 from worker.processing.records import (
     MEMBERSHIP,
     ChangeInfo,
@@ -32,7 +38,7 @@ from worker.processing.records import (
     group_change,
     record_key,
 )
-from worker.processing.stores import ChangeStore, Closed, DedupeStore, TenantGroupStore
+from worker.processing.stores import ChangeStore, Closed, DedupeStore, RecencyStore, TenantGroupStore
 from worker.processing.tenants import GROUP_LIMIT, GroupCount, counted, exceeds_limit
 from worker.processing.ums import UMS_TYPE
 
@@ -95,15 +101,16 @@ class Processor:
         dlq_topic: str,
         control_topic: str,
         tenants: TenantGroupStore | None = None,
+        recency: RecencyStore | None = None,
         formats: Mapping[str, Format] | None = None,
         durable: Callable[[], None] | None = None,
         logger: Any = None,
     ) -> None:
-        """`tenants` None: no tenant group counts. `formats`: input topic -> its format, where it is not detected
-        per message. `durable`: called after a batch's writes, before it is handed back for the Kafka commit;
-        raises `redis.RedisError` when they are not as durable as configured (`WORKER_REDIS_MIN_REPLICAS`).
-        `logger`: instead of this module's (structlog)."""
-        self._deduper, self._changes, self._tenants = deduper, changes, tenants
+        """`tenants` None: no tenant group counts. `recency` None: nothing is superseded. `formats`: input topic
+        -> its format, where it is not detected per message. `durable`: called after a batch's writes, before it
+        is handed back for the Kafka commit; raises `redis.RedisError` when they are not as durable as
+        configured (`WORKER_REDIS_MIN_REPLICAS`). `logger`: instead of this module's (structlog)."""
+        self._deduper, self._changes, self._tenants, self._recency = deduper, changes, tenants, recency
         self._output_topic, self._dlq_topic, self._control_topic = output_topic, dlq_topic, control_topic
         self._formats = dict(formats or {})
         self._durable = durable
@@ -129,7 +136,8 @@ class Processor:
         tags = [position(m) for m, _event in events]
         fresh = self._deduper.claim([(event, tag) for (_m, event), tag in zip(events, tags, strict=True)])
         parts: list[tuple[ChangeInfo, Part]] = []
-        group_counts: list[GroupCount] = []
+        groups: list[tuple[Event, str]] = []  # group events and their tags, in batch order
+        seen: list[Seen] = []
         for (_message, event), tag, first in zip(events, tags, fresh, strict=True):
             label = event.envelope.type  # a known type: bounded
             if not first:
@@ -143,28 +151,40 @@ class Processor:
                     tuple(event.data.affected_users),
                     event.data.fully_processed,
                 )
-                parts.append((change_info(event), part))
+                info = change_info(event)
+                parts.append((info, part))
+                seen.append(Seen(group_key(event), info["change_id"], occurrence(event).time))
             else:
-                record = group_change(event)
-                self._emit(result, record)
-                if (count := counted(record)) is not None:
-                    group_counts.append(count)
+                groups.append((event, tag))
 
-        for (info, _part), closed in zip(parts, self._changes.apply_parts(parts, now_ms), strict=True):
+        closures: list[tuple[Closed, str]] = []  # what the parts and commands emit, with the emitting tag
+        for (info, part), closed in zip(parts, self._changes.apply_parts(parts, now_ms), strict=True):
             if closed is None:
                 continue
             if not closed.emission.late:
                 result.closed.append(info["change_id"])
                 result.changes_closed["complete"] += 1
-            self._emit_closure(result, closed)
-        for (command, _tag), closed in zip(commands, self._changes.apply_commands(commands), strict=True):
+            closures.append((closed, part.tag))
+        for (command, tag), closed in zip(commands, self._changes.apply_commands(commands), strict=True):
             if command.cursor is None:  # closed now, or already: no more timeout commands for it
                 result.closed.append(command.change_id)
                 if closed is not None:
                     result.changes_closed["timed_out"] += 1
                     self._log.info("change_timed_out", change_id=command.change_id, users=len(closed.emission.users))
             if closed is not None:
-                self._emit_closure(result, closed)
+                closures.append((closed, tag))
+
+        emitted = [Emitted(group_key(event), tag, occurrence(event)) for event, tag in groups]
+        emitted += [_membership_emission(closed, tag) for closed, tag in closures if closed.emission.users]
+        superseded = iter(self._verdicts(seen, emitted))
+        group_counts: list[GroupCount] = []
+        for event, _tag in groups:
+            record = group_change(event, superseded=next(superseded))
+            self._emit(result, record)
+            if not record["superseded"] and (count := counted(record)) is not None:
+                group_counts.append(count)
+        for closed, _tag in closures:
+            self._emit_closure(result, closed, superseded=bool(closed.emission.users) and next(superseded))
         self._count_tenant_groups(group_counts, result)
         if self._durable is not None and (events or commands):
             self._durable()
@@ -202,6 +222,13 @@ class Processor:
         result.events[CONTROL, "processed"] += 1
         commands.append((command, position(message)))
 
+    def _verdicts(self, seen: Sequence[Seen], emitted: Sequence[Emitted]) -> list[bool]:
+        """Whether each emission is superseded, after recording the parts' times (one store call, none without
+        steps; nothing is superseded without a recency store)."""
+        if self._recency is None or not (seen or emitted):
+            return [False] * len(emitted)
+        return self._recency.apply([*seen, *emitted])[len(seen) :]
+
     def _count_tenant_groups(self, changes: Sequence[GroupCount], result: BatchResult) -> None:
         """First-seen creations and deletions into the tenants' live group sets (no round trip without any)."""
         if self._tenants is None or not changes:
@@ -218,10 +245,12 @@ class Processor:
                     event_id=change.event_id,
                 )
 
-    def _emit_closure(self, result: BatchResult, closed: Closed) -> None:
+    def _emit_closure(self, result: BatchResult, closed: Closed, *, superseded: bool) -> None:
         emission = closed.emission
         if emission.users:
-            records = MembershipRecords(closed.info, complete=emission.complete, late=emission.late)
+            records = MembershipRecords(
+                closed.info, complete=emission.complete, late=emission.late, superseded=superseded
+            )
             topic, key, value = self._output_topic, records.key, records.value
             result.outputs.extend(
                 Output(topic, key, value(user, event_id), JSON_HEADERS) for user, event_id in emission.users
@@ -254,3 +283,11 @@ class Processor:
             partition=message.partition(),
             offset=message.offset(),
         )
+
+
+def _membership_emission(closed: Closed, tag: str) -> Emitted:
+    """A change's emission: its occurrence is its latest part's time, else its `lastUpdatedAt`."""
+    info = closed.info
+    updated = micros(datetime.fromisoformat(info["occurred_at"]))
+    group = (info["tenant_id"], info["group_id"])
+    return Emitted(group, tag, Occurrence(updated, info["change"] == "group_deleted"), info["change_id"])

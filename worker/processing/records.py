@@ -6,6 +6,7 @@ Two shapes, both JSON objects keyed `"<tenant_id>:<group_id>"` on the output top
   CloudEvent (`source_system: "qlik-cloud"`) or a UMS webhook (`"ums"`), so both make one stream. Fields one
   format does not have are null or empty in its records. Fields are only ever added to a schema version, and
   an added field is optional in the JSON Schema, so records written before it stay valid.
+Both carry `superseded`: the group already showed a newer occurrence (`worker/processing/recency.py`).
 `record_id` is a digest of what identifies the record, so any copy of a record has the same id.
 The JSON Schemas in `worker/processing/schemas/` are generated from the TypedDicts below (`make schemas`).
 """
@@ -78,6 +79,9 @@ class MembershipChange(ChangeInfo):
     complete: bool
     late: bool
     event_id: str
+    # Added to v1 (issue 20): always written, optional in the schema (a reader takes a missing one as false).
+    # True: the group already showed a newer occurrence when this was emitted (worker/processing/recency.py).
+    superseded: NotRequired[bool]
 
 
 class GroupChange(TypedDict):
@@ -100,6 +104,8 @@ class GroupChange(TypedDict):
     parent_group_id: NotRequired[str | None]  # UMS only
     external_id: NotRequired[str | None]  # UMS only
     manager_ids: NotRequired[list[str]]  # UMS only
+    # Added to v1 (issue 20), as in MembershipChange: an event older than what its group already showed.
+    superseded: NotRequired[bool]
 
 
 def digest(*parts: str) -> str:
@@ -121,7 +127,9 @@ def change_info(event: Event) -> ChangeInfo:
     }
 
 
-def membership_change(info: ChangeInfo, user_id: str, event_id: str, *, complete: bool, late: bool) -> MembershipChange:
+def membership_change(
+    info: ChangeInfo, user_id: str, event_id: str, *, complete: bool, late: bool, superseded: bool = False
+) -> MembershipChange:
     return {
         "schema": MEMBERSHIP,
         "record_id": digest(MEMBERSHIP, info["change_id"], user_id),
@@ -130,6 +138,7 @@ def membership_change(info: ChangeInfo, user_id: str, event_id: str, *, complete
         "complete": complete,
         "late": late,
         "event_id": event_id,
+        "superseded": superseded,
     }
 
 
@@ -140,12 +149,13 @@ class MembershipRecords:
     once, and each record's JSON is that plus its own fields, as orjson prints them (compact, keys in the
     record's order), instead of a dict spread and a dump of the whole of `info` per user."""
 
-    def __init__(self, info: ChangeInfo, *, complete: bool, late: bool) -> None:
+    def __init__(self, info: ChangeInfo, *, complete: bool, late: bool, superseded: bool = False) -> None:
         self.key = f"{info['tenant_id']}:{info['group_id']}".encode()
         self._digest = hashlib.blake2b(_SEP.join((MEMBERSHIP, info["change_id"], "")).encode(), digest_size=16)
         shared = orjson.dumps(info)[1:-1]  # its fields, between the schema/record_id and the user's
         self._middle = b'",' + shared + b',"user_id":' if shared else b'","user_id":'
         self._flags = b',"complete":' + orjson.dumps(complete) + b',"late":' + orjson.dumps(late) + b',"event_id":'
+        self._tail = b',"superseded":' + orjson.dumps(superseded) + b"}"
 
     def value(self, user_id: str, event_id: str) -> bytes:
         hasher = self._digest.copy()
@@ -158,12 +168,12 @@ class MembershipRecords:
                 orjson.dumps(user_id),
                 self._flags,
                 orjson.dumps(event_id),
-                b"}",
+                self._tail,
             )
         )
 
 
-def group_change(event: Event) -> GroupChange:
+def group_change(event: Event, *, superseded: bool = False) -> GroupChange:
     """The record of a group created/updated/deleted event (a UMS webhook, or a CloudEvent of those types)."""
     envelope, data = event.envelope, event.data
     record_id = digest(GROUP, data.tenant_id, envelope.source, envelope.type, envelope.id)
@@ -187,6 +197,7 @@ def group_change(event: Event) -> GroupChange:
             "parent_group_id": ums.parent_id,
             "external_id": ums.external_id,
             "manager_ids": list(ums.manager_ids),
+            "superseded": superseded,
         }
     assert isinstance(data, Group)  # a CloudEvents envelope comes with a CloudEvents data model
     return {
@@ -207,6 +218,7 @@ def group_change(event: Event) -> GroupChange:
         "parent_group_id": None,
         "external_id": None,
         "manager_ids": [],
+        "superseded": superseded,
     }
 
 

@@ -1,11 +1,13 @@
-"""The processor's state, behind three small interfaces, and their in-memory implementations.
+"""The processor's state, behind four small interfaces, and their in-memory implementations.
 
 - `DedupeStore`: who claimed each event first (Redis: `worker/state/dedupe.py`).
 - `ChangeStore`: the open `users.modified` changes, their deadlines and chunked closes (Redis:
   `worker/state/changes.py`).
 - `TenantGroupStore`: each tenant's live group ids (Redis: `worker/state/tenants.py`).
+- `RecencyStore`: each group's newest emitted occurrence, and which emissions are superseded (Redis:
+  `worker/state/recency.py`).
 
-The in-memory ones apply the same pure rules (`worker/processing/reassembly.py`) to dicts.
+The in-memory ones apply the same pure rules (`worker/processing/reassembly.py`, `recency.py`) to dicts.
 `python -m worker validate`, the demo's expected counts and the unit tests run the real `Processor` on them;
 the integration tests check that the Redis stores give the same answers
 (`tests/integration/state/test_changes_store.py`, `test_dedupe_store.py`).
@@ -29,6 +31,8 @@ from worker.processing.reassembly import (
     apply_part,
     apply_timeout,
 )
+from worker.processing.recency import GroupKey, GroupState, Step
+from worker.processing.recency import apply as apply_step
 from worker.processing.records import ChangeInfo, digest
 from worker.processing.tenants import GroupCount
 
@@ -82,6 +86,13 @@ class ChangeStore(Protocol):
 class TenantGroupStore(Protocol):
     def apply(self, changes: Sequence[GroupCount]) -> list[int]:
         """Apply group creations and deletions in order: each one's tenant's count of live groups right after."""
+        ...
+
+
+class RecencyStore(Protocol):
+    def apply(self, steps: Sequence[Step]) -> list[bool]:
+        """Apply the steps in order (per group; groups are independent): each one's verdict, True for a
+        superseded emission (always False for a `Seen`). A tagged step applied again gets its first verdict."""
         ...
 
 
@@ -158,6 +169,14 @@ class MemoryTenantGroups:
                 live.discard(change.group_id)
             sizes.append(len(live))
         return sizes
+
+
+@dataclass
+class MemoryRecency:
+    groups: dict[GroupKey, GroupState] = field(default_factory=dict)
+
+    def apply(self, steps: Sequence[Step]) -> list[bool]:
+        return [apply_step(self.groups.setdefault(step.group, GroupState()), step) for step in steps]
 
 
 def _closed(change: MemoryChange, emission: Emission | None) -> Closed | None:

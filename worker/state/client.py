@@ -16,7 +16,7 @@ node; every script call names keys of one hash tag only, so each call runs on on
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from importlib.resources import files
 from typing import Any
 
@@ -38,22 +38,37 @@ class ReplicasBehind(redis.RedisError):
     batch is retried (its writes are tagged, so redoing them is safe)."""
 
 
-def connect(url: str, timeout: float = 5, *, cluster: bool = False) -> Client:
-    """A client for the URL: a cluster client (node discovery, routing by slot) when `cluster`."""
+def connect(url: str, timeout: float = 5, *, cluster: bool = False, **security: str) -> Client:
+    """A client for the URL: a cluster client (node discovery, routing by slot) when `cluster`. `security`:
+    redis-py's `username`, `password` and `ssl_*` options (`security_options`)."""
     options: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
         "health_check_interval": 10,
         "decode_responses": False,
+        **security,
     }
     if cluster:
         return RedisCluster.from_url(url, **options)
     return redis.Redis.from_url(url, **options)
 
 
+def security_options(settings: Settings) -> dict[str, str]:
+    """The ACL user, password and TLS files of the settings, as redis-py options (those that are set): they
+    take precedence over the URL's. A rediss:// URL turns TLS on, with the server's certificate and name checked."""
+    options = {
+        "username": settings.redis_username,
+        "password": settings.redis_password.get_secret_value(),
+        "ssl_ca_certs": settings.redis_tls_ca_file,
+        "ssl_certfile": settings.redis_tls_certfile,
+        "ssl_keyfile": settings.redis_tls_keyfile,
+    }
+    return {name: value for name, value in options.items() if value}
+
+
 def redis_client(settings: Settings, timeout: float = 5) -> Client:
-    """A client for `WORKER_REDIS_URL` (and `WORKER_REDIS_CLUSTER`)."""
-    return connect(settings.redis_url, timeout, cluster=settings.redis_cluster)
+    """A client for `WORKER_REDIS_URL` (and `WORKER_REDIS_CLUSTER`, the user, password and TLS settings)."""
+    return connect(settings.redis_url, timeout, cluster=settings.redis_cluster, **security_options(settings))
 
 
 def primaries(client: Client) -> list[Any]:
@@ -133,6 +148,24 @@ class ReplicaWait:
                     f"{acknowledged} of {self._replicas} replica(s) acknowledged the writes{where} "
                     f"within {self._timeout_ms} ms (WORKER_REDIS_MIN_REPLICAS)"
                 )
+
+
+def indexes_by(keys: Sequence[Hashable]) -> dict[Any, list[int]]:
+    """The positions of each key, keys in first-seen order: a batch's items grouped for one script call per
+    hash tag (a tenant, a group), each group's items in batch order."""
+    groups: dict[Any, list[int]] = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(key, []).append(index)
+    return groups
+
+
+def in_batch_order(groups: dict[Any, list[int]], replies: Sequence[Sequence[Any]], size: int) -> list[Any]:
+    """Each call's replies (one per item of its group, in order) back at the items' positions in the batch."""
+    out: list[Any] = [None] * size
+    for indexes, reply in zip(groups.values(), replies, strict=True):
+        for index, value in zip(indexes, reply, strict=True):
+            out[index] = value
+    return out
 
 
 class LuaScript:

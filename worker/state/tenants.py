@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from worker.processing.tenants import GroupCount
-from worker.state.client import Call, Client, LuaScript
+from worker.state.client import Call, Client, LuaScript, in_batch_order, indexes_by
 
 TTL_SECONDS: Final = 30 * 86_400
 
@@ -34,17 +34,11 @@ class TenantGroups:
 
     def apply(self, changes: Sequence[GroupCount]) -> list[int]:
         """In one round trip (none when there are no changes)."""
-        by_tenant: dict[str, list[int]] = {}
-        for index, change in enumerate(changes):
-            by_tenant.setdefault(change.tenant_id, []).append(index)
+        by_tenant = indexes_by([change.tenant_id for change in changes])
         calls: list[Call] = []
         for tenant_id, indexes in by_tenant.items():
             args: list[str | int] = [self._ttl]
             for i in indexes:
                 args += ["+" if changes[i].created else "-", changes[i].group_id]
             calls.append(([groups_key(tenant_id)], args))
-        sizes = [0] * len(changes)
-        for indexes, replies in zip(by_tenant.values(), self._script.run(calls), strict=True):
-            for i, size in zip(indexes, replies, strict=True):
-                sizes[i] = int(size)
-        return sizes
+        return [int(size) for size in in_batch_order(by_tenant, self._script.run(calls), len(changes))]

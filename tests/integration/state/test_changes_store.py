@@ -18,7 +18,6 @@ from worker.processing.reassembly import Part
 from worker.processing.records import ChangeInfo
 from worker.processing.stores import MemoryChangeStore
 from worker.state.changes import DEADLINES, RedisChangeStore, change_keys
-from worker.state.client import connect
 
 pytestmark = pytest.mark.integration
 
@@ -31,16 +30,6 @@ CONTINUE = st.tuples(st.just("continue"), st.integers(0, 3), st.integers(0, 6))
 SCAN = st.tuples(st.just("scan"), st.integers(0, 1_500))
 SETTLE = st.tuples(st.just("settle"))
 changes = itertools.count()
-
-
-@pytest.fixture
-def client(redis_service: object) -> redis.Redis:
-    url = getattr(redis_service, "address", redis_service)
-    assert isinstance(url, str)
-    client = connect(url)
-    client.flushdb()
-    assert isinstance(client, redis.Redis)
-    return client
 
 
 def store(client: redis.Redis, chunk: int = CHUNK) -> RedisChangeStore:

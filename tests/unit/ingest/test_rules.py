@@ -1,61 +1,25 @@
-"""worker.ingest.rules: signature check, content types, record key and header values (pure, property-tested)."""
+"""worker.ingest.rules: content types, the tenants a body names, Seismic's challenge, record key and header values,
+the sampling of refusal lines (pure, property-tested). The signature check: test_secrets.py."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 import pytest
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.ingest.rules import log_fields, media_type_accepted, received_at, record_key, sign, signature_matches
+from worker.ingest.rules import (
+    RefusalLog,
+    log_fields,
+    media_type,
+    received_at,
+    record_key,
+    tenants_named,
+    ums_challenge,
+)
 from worker.local.samples import SEED_EXAMPLES, UMS_EXAMPLE, seed_example
-
-bodies = st.binary(max_size=2048)
-secrets = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=32, max_size=64)
-
-
-@given(bodies, secrets)
-def test_sign_is_the_hex_hmac_sha256_of_the_raw_body(body, secret):
-    assert sign(body, secret) == hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-@given(bodies, secrets, st.booleans())
-def test_own_signature_matches_in_either_hex_case(body, secret, upper):
-    signature = sign(body, secret)
-    assert signature_matches(body, signature.upper() if upper else signature, [secret])
-
-
-@given(bodies, st.lists(secrets, min_size=1, max_size=4), st.data())
-def test_any_configured_secret_matches(body, configured, data):
-    secret = data.draw(st.sampled_from(configured))
-    assert signature_matches(body, sign(body, secret), configured)
-
-
-@given(bodies, secrets, secrets)
-def test_another_secret_does_not_match(body, secret, other):
-    assume(secret != other)
-    assert not signature_matches(body, sign(body, other), [secret])
-
-
-@given(bodies, secrets, st.integers(min_value=0, max_value=2047), st.integers(min_value=1, max_value=255))
-def test_a_tampered_body_does_not_match(body, secret, index, flip):
-    assume(body)
-    index %= len(body)
-    tampered = body[:index] + bytes([body[index] ^ flip]) + body[index + 1 :]
-    assert not signature_matches(tampered, sign(body, secret), [secret])
-
-
-@pytest.mark.parametrize("signature", [None, "", "not-hex", "0" * 64, "é" * 64, "sha256=" + sign(b"{}", "s" * 32)])
-def test_missing_or_malformed_signature_does_not_match(signature):
-    assert not signature_matches(b"{}", signature, ["s" * 32])
-
-
-def test_no_secret_matches_nothing():
-    assert not signature_matches(b"{}", sign(b"{}", "s" * 32), [])
 
 
 @pytest.mark.parametrize(
@@ -68,8 +32,8 @@ def test_no_secret_matches_nothing():
         " application/json ",
     ],
 )
-def test_accepted_media_types(content_type):
-    assert media_type_accepted(content_type)
+def test_accepted_media_types_are_stored_canonical(content_type):
+    assert media_type(content_type) == content_type.split(";")[0].strip().lower()
 
 
 @pytest.mark.parametrize(
@@ -77,7 +41,70 @@ def test_accepted_media_types(content_type):
     [None, "", "text/plain", "application/xml", "application/jsonx", "application/cloudevents-batch+json", "json"],
 )
 def test_refused_media_types(content_type):
-    assert not media_type_accepted(content_type)
+    assert media_type(content_type) is None
+
+
+@pytest.mark.parametrize(
+    ("event", "named"),
+    [
+        ({"tenantid": "a", "data": {"tenantId": "a"}}, ["a", "a"]),
+        ({"tenantid": "a", "data": {"tenantId": "b"}}, ["a", "b"]),
+        ({"tenantId": "u", "data": {"groupId": "g"}}, ["u"]),
+        ({"tenantid": None, "data": "text"}, [None]),
+        ({"id": "x", "data": {"id": "g"}}, []),
+        ({"tenantid": 7}, [7]),
+    ],
+)
+def test_tenants_named_are_every_tenant_field_as_written(event, named):
+    assert tenants_named(event) == named
+
+
+def test_tenants_named_of_the_seed_examples():
+    assert set(tenants_named(orjson.loads(seed_example("group-created")))) == {"VZhiEfgW2bLd7HgR-jjzAh6VnicipweT"}
+    assert tenants_named(orjson.loads(seed_example(UMS_EXAMPLE))) == ["b4d8bb18-dc97-4e18-8049-50a04edf453f"]
+
+
+def test_seismics_url_verification_in_both_forms():
+    old = ums_challenge({"type": "verification", "challenge": "3eZb"})
+    assert old is not None and (old.body, old.media_type) == (b"3eZb", "text/plain")
+    new = ums_challenge({"version": "WebhookChallengeV1", "application": "AppRegistry", "data": {"challenge": "91"}})
+    assert new is not None and (orjson.loads(new.body), new.media_type) == ({"challenge": "91"}, "application/json")
+    long = ums_challenge({"type": "verification", "challenge": "x" * 10_000})
+    assert long is not None and len(long.body) == 256
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        orjson.loads(seed_example(UMS_EXAMPLE)),
+        {"type": "verification"},
+        {"type": "verification", "challenge": 7},
+        {"version": "WebhookChallengeV1", "data": "text"},
+        {"version": "UserGroupUpdatedV1", "data": {"challenge": "x"}},
+    ],
+)
+def test_no_challenge_in_other_bodies(event):
+    assert ums_challenge(event) is None
+
+
+@given(st.lists(st.floats(min_value=0, max_value=0.5), min_size=1, max_size=300))
+def test_refusal_lines_are_bounded_and_every_dropped_one_is_reported(gaps):
+    sampler, now, logged, reported = RefusalLog(rate=1.0, burst=10), 0.0, 0, 0
+    for gap in gaps:
+        now += gap
+        dropped = sampler.admit("401", now)
+        if dropped is not None:
+            logged += 1
+            reported += dropped
+    assert logged <= 10 + now * 1.0 + 1e-9
+    assert logged + reported + sampler._dropped.get("401", 0) == len(gaps)
+
+
+def test_refusal_kinds_are_sampled_apart():
+    sampler = RefusalLog(rate=1.0, burst=1)
+    assert sampler.admit("401", 0.0) == 0 and sampler.admit("401", 0.1) is None
+    assert sampler.admit("413", 0.1) == 0
+    assert sampler.admit("401", 1.2) == 1
 
 
 @pytest.mark.parametrize("name", SEED_EXAMPLES)

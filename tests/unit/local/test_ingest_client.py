@@ -7,7 +7,7 @@ from importlib.resources import as_file, files
 
 import orjson
 
-from worker.ingest.rules import sign
+from worker.ingest.secrets import sign
 from worker.local.ingest_client import curl_command, webhook_form
 from worker.local.samples import Sample, expected_counts, samples
 from worker.processing.decode import decode

@@ -116,6 +116,7 @@ def test_validate_prints_the_records_the_worker_would_emit_and_a_note_per_bad_li
         "parent_group_id": None,
         "external_id": None,
         "manager_ids": [],
+        "superseded": False,
     }
     change = [i for i in items if i.get("group_id") == "g-1"]
     assert len({i["change_id"] for i in change}) == 1

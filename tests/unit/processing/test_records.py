@@ -239,8 +239,10 @@ def test_every_schema_file_is_generated():
     assert {path.name for path in SCHEMA_DIR.glob("*.json")} == set(json_schemas())
 
 
-# Fields added to group_change/v1 with the UMS source (issue 7): optional, so older records stay valid.
-ADDED_TO_GROUP_V1 = {"source_system", "parent_group_id", "external_id", "manager_ids"}
+# Fields added to group_change/v1 with the UMS source (issue 7) and to both with supersession (issue 20): optional,
+# so older records stay valid.
+ADDED_TO_GROUP_V1 = {"source_system", "parent_group_id", "external_id", "manager_ids", "superseded"}
+ADDED_TO_MEMBERSHIP_V1 = {"superseded"}
 
 
 def test_schemas_require_every_field_but_those_added_later(event):
@@ -248,7 +250,7 @@ def test_schemas_require_every_field_but_those_added_later(event):
         if shape is ChangeInfo:
             continue
         schema = json_schemas()["group_change.v1.json" if shape is GroupChange else "membership_change.v1.json"]
-        added = ADDED_TO_GROUP_V1 if shape is GroupChange else set()
+        added = ADDED_TO_GROUP_V1 if shape is GroupChange else ADDED_TO_MEMBERSHIP_V1
         assert set(record) == set(schema["properties"]), "the worker writes every field"
         assert set(schema["required"]) == set(record) - added
 
@@ -257,6 +259,22 @@ def test_a_group_record_written_before_the_ums_fields_still_validates(event):
     record = group_change(event("group-created"))
     older = {key: value for key, value in record.items() if key not in ADDED_TO_GROUP_V1}
     assert TypeAdapter(GroupChange).validate_python(older, strict=True) == older
+
+
+def test_records_written_before_superseded_still_validate_against_the_committed_schemas(event):
+    """A reader validating with the shipped JSON Schema (not our TypedDicts) takes a record from before."""
+    jsonschema = pytest.importorskip("jsonschema")
+    info = change_info(event())
+    for name, record in (
+        ("group_change.v1.json", group_change(event("group-deleted"), superseded=True)),
+        ("membership_change.v1.json", membership_change(info, "u1", "e1", complete=True, late=False, superseded=True)),
+    ):
+        schema = json.loads((SCHEMA_DIR / name).read_text())
+        jsonschema.validate(orjson.loads(encode(record)), schema)
+        older = {key: value for key, value in record.items() if key != "superseded"}
+        jsonschema.validate(older, schema)
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**record, "superseded": "yes"}, schema)
 
 
 def test_write_schemas_writes_what_json_schemas_returns(tmp_path, monkeypatch):
@@ -297,11 +315,17 @@ INFOS = st.fixed_dictionaries(
 )
 
 
-@given(INFOS, st.lists(st.tuples(st.text(), st.text()), min_size=1, max_size=5), st.booleans(), st.booleans())
-def test_membership_records_are_the_bytes_of_the_records(info, users, complete, late):
-    records = MembershipRecords(info, complete=complete, late=late)
+@given(
+    INFOS,
+    st.lists(st.tuples(st.text(), st.text()), min_size=1, max_size=5),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+)
+def test_membership_records_are_the_bytes_of_the_records(info, users, complete, late, superseded):
+    records = MembershipRecords(info, complete=complete, late=late, superseded=superseded)
     for user, event_id in users:
-        record = membership_change(info, user, event_id, complete=complete, late=late)
+        record = membership_change(info, user, event_id, complete=complete, late=late, superseded=superseded)
         assert records.key == record_key(record)
         assert records.value(user, event_id) == encode(record)
 

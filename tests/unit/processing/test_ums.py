@@ -111,6 +111,7 @@ def test_seed_example_record(seed_ums):
         "parent_group_id": None,
         "external_id": None,
         "manager_ids": MANAGERS,
+        "superseded": False,
     }
 
 
