@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker.config import Settings
 from worker.ingest import metrics
+from worker.ingest.accepted import AcceptedTimes
 from worker.ingest.producer import Publisher, Unavailable, producer_config
 from worker.ingest.rules import (
     CONTENT_TYPE_HEADER,
@@ -46,6 +47,7 @@ from worker.ingest.rules import (
     record_key,
     signature_matches,
 )
+from worker.state.client import redis_client
 
 log = structlog.get_logger("worker.ingest.server")
 
@@ -106,8 +108,8 @@ async def _read_limited(request: Request, limit: int) -> bytes | None:
 class Webhook:
     """The ASGI app of `POST /webhooks/qlik` (an app, not a request function, so it sees every method)."""
 
-    def __init__(self, policy: Policy, publisher: Publisher) -> None:
-        self.policy, self.publisher = policy, publisher
+    def __init__(self, policy: Policy, publisher: Publisher, accepted: AcceptedTimes | None = None) -> None:
+        self.policy, self.publisher, self.accepted = policy, publisher, accepted
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         response, fields = await self._answer(Request(scope, receive))
@@ -156,6 +158,8 @@ class Webhook:
             retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
             return _error(503, f"Kafka unavailable: {error}", retry), fields
         metrics.ACK_SECONDS.observe(time.perf_counter() - started)
+        if self.accepted is not None:  # the watch's gap starts where a tenant's events stop (issue 21)
+            self.accepted.accepted(fields.get("tenant"))
         where = {"topic": stored.topic, "partition": stored.partition, "offset": stored.offset}
         return _json(202, where), {**fields, **where}
 
@@ -187,8 +191,9 @@ class CountRequests:
         await self.app(scope, receive, counted)
 
 
-def build_app(settings: Settings, publisher: Publisher) -> Starlette:
-    """The ASGI app; the publisher is started and closed with it (lifespan)."""
+def build_app(settings: Settings, publisher: Publisher, accepted: AcceptedTimes | None = None) -> Starlette:
+    """The ASGI app; the publisher (and `accepted`, the per-tenant last accepted times) are started and closed
+    with it (lifespan)."""
     document = openapi(settings)
 
     async def healthz(_request: Request) -> Response:
@@ -208,12 +213,16 @@ def build_app(settings: Settings, publisher: Publisher) -> Starlette:
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         publisher.start(asyncio.get_running_loop())
+        if accepted is not None:
+            accepted.start()
         log.info("ingest_started", topic=publisher.topic, port=settings.ingest_port, path=WEBHOOK_PATH)
         yield
         await asyncio.to_thread(publisher.close, CLOSE_TIMEOUT_SECONDS)
+        if accepted is not None:
+            await asyncio.to_thread(accepted.close)
 
     routes = [
-        Route(WEBHOOK_PATH, Webhook(Policy.of(settings), publisher)),
+        Route(WEBHOOK_PATH, Webhook(Policy.of(settings), publisher, accepted)),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", prometheus),
@@ -234,7 +243,7 @@ def serve(settings: Settings) -> int:
         producer_config(settings), settings.effective_ingest_topic, settings.ingest_delivery_timeout_ms / 1000
     )
     config = uvicorn.Config(
-        build_app(settings, publisher),
+        build_app(settings, publisher, AcceptedTimes(redis_client(settings))),
         host="0.0.0.0",
         port=settings.ingest_port,
         ssl_certfile=settings.ingest_tls_certfile or None,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from worker.processing.control import Command
-from worker.processing.models import Event
+from worker.processing.models import GROUP_UPDATED, Event, Group, UsersModified, rfc3339
 from worker.processing.reassembly import (
     CHUNK_USERS,
     ChangeState,
@@ -34,10 +34,34 @@ from worker.processing.tenants import GroupCount
 
 
 def dedupe_id(event: Event) -> str:
-    """What a `DedupeStore` claims for an event: a digest of (tenant, source, type, id). Type is part of it
-    because Qlik reuses ids across types."""
+    """An event's identity: a digest of (tenant, source, type, id). Type is part of it because Qlik reuses ids
+    across types."""
     e = event.envelope
     return digest(event.data.tenant_id, e.source, e.type, e.id)
+
+
+def content_id(event: Event) -> str | None:
+    """A Qlik CloudEvent's content, for the same change under another id (a backfill from the Audits API, whose
+    items may not carry the delivered event's id; a reconciliation's correction): a digest of tenant, group and
+    type; for an update also `lastUpdatedAt` (a group is created and deleted once, updated many times); for a
+    `users.modified` part also its `deleted`, `fullyProcessed` and users (the parts of one change share the rest).
+    The source is not part of it: the same change may come from another service. UMS webhooks: None."""
+    data = event.data
+    if not isinstance(data, Group):
+        return None
+    parts = ["content", data.tenant_id, data.id, event.envelope.type]
+    if event.envelope.type == GROUP_UPDATED or isinstance(data, UsersModified):
+        parts.append(rfc3339(data.last_updated_at))
+    if isinstance(data, UsersModified):
+        parts += [str(data.deleted), str(data.fully_processed), *data.affected_users]
+    return digest(*parts)
+
+
+def dedupe_ids(event: Event) -> list[str]:
+    """What a `DedupeStore` claims for an event: its identity, and its content where it has one. An event is a
+    duplicate when another position claimed either."""
+    content = content_id(event)
+    return [dedupe_id(event)] if content is None else [dedupe_id(event), content]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +74,8 @@ class Closed:
 
 class DedupeStore(Protocol):
     def claim(self, claims: Sequence[tuple[Event, str]]) -> list[bool]:
-        """(event, position tag) -> True where this position owns the event, False for a duplicate. Copies
-        inside one batch: the first in batch order owns it."""
+        """(event, position tag) -> True where this position owns every id of the event (`dedupe_ids`), False
+        for a duplicate. Copies inside one batch: the first in batch order owns it."""
         ...
 
 
@@ -90,7 +114,7 @@ class MemoryDedupe:
     owners: dict[str, str] = field(default_factory=dict)  # dedupe key -> position tag that claimed it
 
     def claim(self, claims: Sequence[tuple[Event, str]]) -> list[bool]:
-        return [self.owners.setdefault(dedupe_id(event), tag) == tag for event, tag in claims]
+        return [all([self.owners.setdefault(key, tag) == tag for key in dedupe_ids(event)]) for event, tag in claims]
 
     def owner(self, event: Event) -> str | None:
         return self.owners.get(dedupe_id(event))

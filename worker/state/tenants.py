@@ -48,3 +48,9 @@ class TenantGroups:
             for i, size in zip(indexes, replies, strict=True):
                 sizes[i] = int(size)
         return sizes
+
+
+def live_groups(client: Client, tenant_id: str) -> set[str]:
+    """The tenant's live group ids as the worker knows them (what a reconciliation compares with Qlik's)."""
+    members: set[bytes] = client.smembers(groups_key(tenant_id))  # type: ignore[assignment]  # raw replies
+    return {member.decode() for member in members}
