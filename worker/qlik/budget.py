@@ -16,7 +16,7 @@ class Budget:
 
     def wait(self, now: float) -> float:
         """Seconds to wait before the next request may be sent (0: now)."""
-        while self.sent and self.sent[0] <= now - self.window:
+        while self.sent and self.sent[0] + self.window <= now:  # the same sum as below: no rounding between them
             self.sent.popleft()
         if len(self.sent) < self.limit:
             return 0.0
