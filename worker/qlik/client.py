@@ -173,15 +173,17 @@ class QlikClient:
         headers = {"Authorization": authorization} if authorization else {}
         failures = rate_limited = 0
         while True:
-            self._spend_budget()
+            self._wait_for_budget()
             self.stats.requests += 1
             try:
                 response = self._http.request(method, path, params=params, json=body, headers=headers)
             except httpx.TransportError as error:
+                self._budget.spend(self._clock())
                 metrics.REQUESTS.labels(self.tenant.name, "error").inc()
                 failures += 1
                 self._back_off(method, path, failures, cause=type(error).__name__)
                 continue
+            self._budget.spend(self._clock())
             metrics.REQUESTS.labels(self.tenant.name, str(response.status_code)).inc()
             if response.status_code == 429:
                 rate_limited += 1
@@ -199,10 +201,11 @@ class QlikClient:
                 continue
             return response
 
-    def _spend_budget(self) -> None:
+    def _wait_for_budget(self) -> None:
+        """Requests are counted when they are done, not when they leave: one at a time, so the next one leaves
+        a full window after a request that ended, later than a window after it left, whatever the latency."""
         while (wait := self._budget.wait(self._clock())) > 0:
             self._sleep(wait)
-        self._budget.spend(self._clock())
 
     def _back_off(self, method: str, path: str, failures: int, *, cause: str) -> None:
         if failures >= self._retry.attempts:
