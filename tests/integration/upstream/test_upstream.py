@@ -177,8 +177,9 @@ def test_a_reconcile_finds_a_deletion_the_stream_missed_and_emits_it_once(upstre
     assert summary_of(run(up, "reconcile", "--emit"))["emitted"] == 2
     records = all_records(up.stack)
     corrections = [r for r in records if r.get("source_system") == "reconciliation"]
-    assert sorted((r["group_id"], r["change"]) for r in corrections) == sorted([(groups[1], "deleted"),
-                                                                                (unseen, "created")])
+    assert sorted((r["group_id"], r["change"]) for r in corrections) == sorted(
+        [(groups[1], "deleted"), (unseen, "created")]
+    )
     redis = connect(up.stack.redis_url)
     assert live_groups(redis, "tenant-up") == set(up.tenant.groups), "the group count is not exact"
 

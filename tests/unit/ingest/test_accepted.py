@@ -39,7 +39,9 @@ def test_a_stored_event_records_its_tenant_and_a_refused_one_does_not() -> None:
     body = seed_example("group-created")
     with TestClient(build_app(settings, publisher, times)) as client:
         headers = {"Content-Type": "application/json"}
-        assert client.post(WEBHOOK_PATH, content=body, headers={**headers, "Qlik-Signature": "0" * 64}).status_code == 401
+        assert (
+            client.post(WEBHOOK_PATH, content=body, headers={**headers, "Qlik-Signature": "0" * 64}).status_code == 401
+        )
         times.flush()
         assert fake.writes == []
         signed = {**headers, "Qlik-Signature": sign(body, SECRET)}

@@ -42,8 +42,16 @@ def test_an_audit_item_becomes_the_delivered_cloudevent(seed_event: Any) -> None
 
 
 def test_reconciliation_events_are_deterministic_and_say_so() -> None:
-    group = Group.model_validate({"id": "g1", "name": "Sales", "status": "active", "tenantId": "t",
-                                  "createdAt": "2025-01-01T00:00:00Z", "lastUpdatedAt": "2025-02-01T00:00:00Z"})
+    group = Group.model_validate(
+        {
+            "id": "g1",
+            "name": "Sales",
+            "status": "active",
+            "tenantId": "t",
+            "createdAt": "2025-01-01T00:00:00Z",
+            "lastUpdatedAt": "2025-02-01T00:00:00Z",
+        }
+    )
     created = [reconcile_created("t", group) for _ in range(2)]
     deleted = [reconcile_deleted("t", "g2", at) for at in (NOW, datetime(2026, 5, 1, tzinfo=UTC))]
     assert created[0] == created[1] and deleted[0]["id"] == deleted[1]["id"] != created[0]["id"]

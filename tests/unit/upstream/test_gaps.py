@@ -45,7 +45,9 @@ def test_a_disabled_webhook_is_re_enabled_and_its_gap_backfilled_exactly_once() 
     disabled = plan(20 * MIN, [hook(*failed, enabled=False)], None, state, frozenset(), POLICY)
     assert disabled.reenable == ("w1",)
     assert disabled.backfill == ((9 * MIN, 20 * MIN),) and disabled.state.backfilled_through == 20 * MIN
-    assert plan(20 * MIN, [hook(*failed, enabled=False)], None, state, frozenset(), Policy(False, 0, MIN)).reenable == ()
+    assert (
+        plan(20 * MIN, [hook(*failed, enabled=False)], None, state, frozenset(), Policy(False, 0, MIN)).reenable == ()
+    )
     over = plan(21 * MIN, [hook(*failed)], None, disabled.state, frozenset(), POLICY)
     assert over.backfill == ((19 * MIN, 21 * MIN),)  # only the rest; the failures were covered: none resent
     assert over.resend == () and over.state == WatchState(21 * MIN, None, None, None)
