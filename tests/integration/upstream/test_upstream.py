@@ -30,7 +30,6 @@ from worker.state.client import connect
 from worker.state.tenants import live_groups
 from worker.state.upstream import last_accepted
 from worker.upstream.backfill import Interval, backfill
-from worker.upstream.reconcile import reconcile
 from worker.upstream.sending import Sender
 from worker.upstream.watch import Watch
 
