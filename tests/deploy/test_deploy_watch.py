@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.conftest import read_yaml, read_yaml_all
+from tests.deploy.conftest import kustomization_docs, read_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 WATCH = ROOT / "deploy" / "k8s" / "watch"
@@ -19,11 +19,7 @@ Docs = dict[str, dict[str, Any]]
 
 @pytest.fixture(scope="module")
 def watch() -> Docs:
-    docs: Docs = {}
-    for name in read_yaml(WATCH / "kustomization.yaml")["resources"]:
-        for doc in read_yaml_all(WATCH / name):
-            docs[doc["kind"]] = doc
-    return docs
+    return kustomization_docs(WATCH)
 
 
 def pod(watch: Docs) -> dict[str, Any]:
@@ -94,4 +90,7 @@ def test_the_watch_alerts_use_only_what_the_watch_exports() -> None:
     used = {name for rule in group["rules"] for name in re.findall(r"\bwatch_[a-z_]+", rule["expr"])}
     assert used and used <= exported, used - exported
     names = {rule["alert"] for rule in group["rules"]}
-    assert {"GroupEventsWebhookDisabled", "GroupEventsWebhookDeliveriesFailing", "GroupEventsNoEventAccepted"} <= names
+    assert {
+        "GroupEventsWebhookDisabled", "GroupEventsWebhookMissing", "GroupEventsWebhookDeliveriesFailing",
+        "GroupEventsNoEventAccepted",
+    } <= names  # fmt: skip

@@ -6,12 +6,12 @@ Times are milliseconds. Terms:
 - checked through: every event up to that time was delivered, resent or backfilled (advanced when a cycle
   finds no trouble); where a first cycle starts without it: the ingest's last accepted time for the tenant,
   else the start of Qlik's delivery history.
-- trouble: a webhook disabled, or a webhook whose latest delivery failed after what is already covered. It
-  started at `trouble_since` (the checked-through time when it was first seen: nothing after that is known to
-  have arrived).
+- trouble: no webhook of group events at all (deleted, or never registered), a webhook disabled, or a webhook
+  whose latest delivery failed after what is already covered. It started at `trouble_since` (the
+  checked-through time when it was first seen: nothing after that is known to have arrived).
 Rules:
-1. A disabled webhook is re-enabled when the policy says so. A disabled webhook sends nothing, and trouble that
-   lasted past `threshold_ms` may have outlived Qlik's retries: both are backfilled at once, from
+1. A disabled webhook is re-enabled when the policy says so. A missing or disabled webhook sends nothing, and
+   trouble that lasted past `threshold_ms` may have outlived Qlik's retries: both are backfilled at once, from
    `trouble_since` (less `margin_ms`) to now, and then every cycle from where the last backfill ended, until the
    trouble is over: the events reach Kafka during an outage of the ingest too.
 2. When the trouble is over, the rest of it is backfilled (from the last backfill, or the whole trouble when it
@@ -114,13 +114,16 @@ def plan(
     handled = state.backfilled_through if state.backfilled_through is not None else good
     disabled = [w for w in webhooks if not w.enabled]
     failing = [w for w in webhooks if (last := w.latest()) is not None and not last.ok and last.at_ms > handled]
+    silent = disabled or not webhooks  # nothing is sent at all
+    if not webhooks:
+        findings.append("no webhook delivers group events")
     findings += [f"webhook {w.id} disabled ({w.reason or 'no reason given'})" for w in disabled]
     findings += [f"webhook {w.id}: its latest delivery failed" for w in failing]
 
-    if disabled or failing:
+    if silent or failing:
         since = state.trouble_since if state.trouble_since is not None else good
         backfilled = state.backfilled_through
-        if disabled or now - since > policy.threshold_ms:
+        if silent or now - since > policy.threshold_ms:
             backfill.append(((backfilled if backfilled is not None else since) - policy.margin_ms, now))
             backfilled = now
         return Plan(

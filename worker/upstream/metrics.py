@@ -15,6 +15,9 @@ WEBHOOK_ENABLED = Gauge(
     ["tenant", "webhook"],
     registry=REGISTRY,
 )
+GROUP_WEBHOOKS = Gauge(
+    "watch_group_webhooks", "Webhooks of the tenant subscribed to group events", ["tenant"], registry=REGISTRY
+)
 FAILED_DELIVERIES = Gauge(
     "watch_failed_deliveries",
     "Failed deliveries in the watched history whose event no delivery brought (before resends and backfills)",

@@ -125,6 +125,7 @@ class Watch:
         self._export(name, views, accepted, now_ms)
 
     def _export(self, name: str, views: list[WebhookView], accepted: int | None, now_ms: int) -> None:
+        metrics.GROUP_WEBHOOKS.labels(name).set(len(views))
         for view in views:
             metrics.WEBHOOK_ENABLED.labels(name, view.id).set(1 if view.enabled else 0)
             delivered = {d.event_id for d in view.deliveries if d.ok}

@@ -64,6 +64,13 @@ def test_trouble_past_the_threshold_is_backfilled_every_cycle_from_where_the_las
     assert still.backfill == ((15 * MIN, 17 * MIN),)
 
 
+def test_without_any_webhook_of_group_events_every_cycle_backfills() -> None:
+    first = plan(20 * MIN, [], None, WatchState(checked_through=10 * MIN), frozenset(), POLICY)
+    assert first.backfill == ((9 * MIN, 20 * MIN),) and "no webhook delivers group events" in first.findings
+    second = plan(21 * MIN, [], None, first.state, frozenset(), POLICY)
+    assert second.backfill == ((19 * MIN, 21 * MIN),)
+
+
 def test_a_first_cycle_starts_at_the_ingests_last_accepted_time() -> None:
     first = plan(30 * MIN, [hook(d("a", 25, False), enabled=False)], 20 * MIN, WatchState(), frozenset(), POLICY)
     assert first.backfill == ((19 * MIN, 30 * MIN),)
