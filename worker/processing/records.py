@@ -4,9 +4,9 @@ Two shapes, both JSON objects keyed `"<tenant_id>:<group_id>"` on the output top
 - `membership_change/v1`: one per (change, affected user) of a `users.modified` change;
 - `group_change/v1`: one per group created/updated/deleted event, from either input format: a Qlik Cloud
   CloudEvent (`source_system: "qlik-cloud"`, or `"reconciliation"` for a reconciliation's correction) or a UMS
-  webhook (`"ums"`), so both make one stream. Fields one
-  format does not have are null or empty in its records. Fields are only ever added to a schema version, and
-  an added field is optional in the JSON Schema, so records written before it stay valid.
+  webhook (`"ums"`), so both make one stream. Fields one format does not have are null or empty in its records.
+  Fields are only ever added to a schema version, and an added field is optional in the JSON Schema, so records
+  written before it stay valid.
 `record_id` is a digest of what identifies the record, so any copy of a record has the same id.
 The JSON Schemas in `worker/processing/schemas/` are generated from the TypedDicts below (`make schemas`).
 """
