@@ -20,10 +20,6 @@ from pydantic import SecretStr
 from worker.config import Settings
 from worker.local.ingest_client import IngestProcess
 from worker.local.tenant import Behaviour, LocalTenant
-from worker.qlik.client import QlikClient
-from worker.qlik.tenants import configured
-from worker.state.client import redis_client
-from worker.upstream.sending import Sender
 from worker.upstream.watch import Watch
 
 # Qlik retries longer and disables later; the demo's tenant gives up within a second.
@@ -37,19 +33,13 @@ def tenant_settings(settings: Settings, tenant: LocalTenant, **extra: Any) -> Se
     return settings.model_copy(update=values)
 
 
-def watch_for(settings: Settings) -> Watch:
-    (tenant,) = configured(settings)
-    return Watch(settings, [QlikClient(tenant, settings.qlik_requests_per_minute)], redis_client(settings),
-                 Sender(settings))  # fmt: skip
-
-
 def tell(settings: Settings, ingest: IngestProcess, secret: str, say: Callable[[str], None]) -> LocalTenant:
     """Run the story against `ingest` (stopped and started again on its port); the tenant is returned served
     no longer, its audits hold every change."""
     tenant = LocalTenant(behaviour=DEMO_BEHAVIOUR)
     with tenant.serve():
         webhook_id = tenant.add_webhook(ingest.webhook_url, secret)
-        watch = watch_for(tenant_settings(settings, tenant, watch_reenable=True, watch_reconcile_interval_seconds=0))
+        watch = Watch.of(tenant_settings(settings, tenant, watch_reenable=True, watch_reconcile_interval_seconds=0))
         watch.cycle()
         say(f"local Qlik tenant {tenant.url}: webhook {webhook_id} delivers to {ingest.webhook_url}")
         sales = tenant.create_group("Sales")["id"]
@@ -94,7 +84,7 @@ def beside_run(settings: Settings, ingest: IngestProcess, secret: str, say: Call
     tenant = LocalTenant()
     with tenant.serve():
         tenant.add_webhook(ingest.webhook_url, secret)
-        watch = watch_for(tenant_settings(settings, tenant, watch_reenable=True))
+        watch = Watch.of(tenant_settings(settings, tenant, watch_reenable=True))
         stop = threading.Event()
         thread = threading.Thread(target=watch_loop, args=(watch, stop), name="watch", daemon=True)
         thread.start()

@@ -120,8 +120,6 @@ class LocalTenant:
         self._random = random.Random(seed)
         self._lock = threading.RLock()
         self._outbox: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
-        self._idle = threading.Event()
-        self._idle.set()
         self.app = self._build_app()
 
     # ---- changes, as an admin makes them -----------------------------------------------------------------
@@ -173,7 +171,7 @@ class LocalTenant:
     def wait_delivered(self, timeout: float = 60) -> None:
         """Until every queued delivery has been tried (with its retries)."""
         deadline = time.monotonic() + timeout
-        while not (self._outbox.empty() and self._idle.is_set()):
+        while self._outbox.unfinished_tasks:  # each put is done once its tries are over
             if time.monotonic() > deadline:
                 raise TimeoutError("deliveries still pending")
             time.sleep(0.05)
@@ -209,7 +207,6 @@ class LocalTenant:
     def _deliver_forever(self) -> None:
         with httpx.Client(timeout=self.behaviour.delivery_timeout) as http:
             while (item := self._outbox.get()) is not None:
-                self._idle.clear()
                 try:
                     webhook_id, event = item
                     with self._lock:
@@ -218,8 +215,7 @@ class LocalTenant:
                             continue
                     self._attempt(http, webhook, event, self.behaviour.delivery_attempts)
                 finally:
-                    if self._outbox.empty():
-                        self._idle.set()
+                    self._outbox.task_done()
 
     def _attempt(self, http: httpx.Client, webhook: Webhook, event: dict[str, Any], tries: int) -> dict[str, Any]:
         """Send one event to one webhook (`tries` times at most); record and return the delivery."""

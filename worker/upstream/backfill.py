@@ -23,7 +23,7 @@ import heapq
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,7 +33,7 @@ import structlog
 from worker.processing.decode import Rejected, decode
 from worker.processing.models import rfc3339
 from worker.qlik.api import AuditItem, audit_pages
-from worker.qlik.client import QlikClient
+from worker.qlik.client import QlikClient, Stats
 from worker.state.upstream import Checkpoints
 from worker.upstream.events import STRUCTURED, from_audit, outgoing
 from worker.upstream.sending import Sender
@@ -105,7 +105,7 @@ def backfill(
     progress: Callable[[str], None] = lambda _line: None,
 ) -> Summary:
     """Backfill one tenant; `sender` None (or a dry run): read and count only. Raises `QlikError`, `NotStored`."""
-    started, stats_before = time.monotonic(), (client.stats.requests, client.stats.rate_limited, client.stats.retries)
+    started, before = time.monotonic(), replace(client.stats)
     summary = Summary(client.tenant.name, rfc3339(interval.since), rfc3339(interval.until), dry_run=interval.dry_run)
     start = interval.since
     oldest = dedupe_window_start(now, dedupe_ttl_seconds)
@@ -120,7 +120,7 @@ def backfill(
             start = max(start, datetime.fromtimestamp(through / 1000, UTC))
     summary.started_from = rfc3339(start)
     if start < interval.until:
-        streams = [_items(client, t, start, interval.until, summary, progress) for t in GROUP_EVENT_TYPES]
+        streams = [_items(client, t, start, interval.until, summary, before, progress) for t in GROUP_EVENT_TYPES]
         count = 0
         for item in heapq.merge(*streams, key=lambda i: i.event_time):
             event = from_audit(item)
@@ -134,9 +134,7 @@ def backfill(
         if writing:
             assert sender is not None
             _checkpoint(sender, checkpoints, tenant_id, since_ms, _ms(interval.until), interval)
-    summary.requests = client.stats.requests - stats_before[0]
-    summary.rate_limited = client.stats.rate_limited - stats_before[1]
-    summary.retries = client.stats.retries - stats_before[2]
+    _count_requests(summary, client, before)
     summary.seconds = round(time.monotonic() - started, 3)
     return summary
 
@@ -147,14 +145,20 @@ def _items(
     start: datetime,
     end: datetime,
     summary: Summary,
+    before: Stats,
     progress: Callable[[str], None],
 ) -> Iterator[AuditItem]:
     for page in audit_pages(client, event_type, start, end):
         summary.pages += 1
-        summary.requests = client.stats.requests
-        summary.rate_limited = client.stats.rate_limited
+        _count_requests(summary, client, before)
         progress(summary.progress())
         yield from page
+
+
+def _count_requests(summary: Summary, client: QlikClient, before: Stats) -> None:
+    summary.requests = client.stats.requests - before.requests
+    summary.rate_limited = client.stats.rate_limited - before.rate_limited
+    summary.retries = client.stats.retries - before.retries
 
 
 def _count(summary: Summary, event: dict[str, Any]) -> None:

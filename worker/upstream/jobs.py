@@ -97,8 +97,7 @@ def run_watch(settings: Settings, once: bool) -> int:
     with clients(settings, None) as chosen:
         watch = Watch(settings, chosen, redis_client(settings), Sender(settings))
         if once:
-            watch.cycle()
-            return 0
+            return 1 if watch.cycle() else 0
         server = serve_health(watch, settings.metrics_port)
         stop = threading.Event()
         for stop_signal in (signal.SIGTERM, signal.SIGINT):

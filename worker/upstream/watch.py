@@ -29,7 +29,8 @@ from worker.config import Settings
 from worker.qlik import api
 from worker.qlik.client import QlikClient, QlikError
 from worker.qlik.metrics import REGISTRY
-from worker.state.client import Client
+from worker.qlik.tenants import configured
+from worker.state.client import Client, redis_client
 from worker.state.upstream import WatchStore, last_accepted
 from worker.upstream import metrics
 from worker.upstream.backfill import GROUP_EVENT_TYPES, Interval, backfill
@@ -60,16 +61,25 @@ class Watch:
         )
         self.finished_at = time.monotonic()
 
-    def cycle(self) -> None:
-        """One cycle over every tenant."""
+    @classmethod
+    def of(cls, settings: Settings) -> Watch:
+        """A watch of every configured tenant, with clients, Redis and a producer of its own."""
+        clients = [QlikClient(tenant, settings.qlik_requests_per_minute) for tenant in configured(settings)]
+        return cls(settings, clients, redis_client(settings), Sender(settings))
+
+    def cycle(self) -> int:
+        """One cycle over every tenant; the number of tenants whose cycle failed."""
+        failed = 0
         for client in self.clients:
             try:
                 self._tenant(client)
             except (QlikError, NotStored, redis.RedisError) as error:
+                failed += 1
                 metrics.CYCLE_ERRORS.labels(client.tenant.name).inc()
                 log.error("watch_cycle_failed", tenant=client.tenant.name, error=str(error)[:300])
         metrics.LAST_CYCLE.set(time.time())
         self.finished_at = time.monotonic()
+        return failed
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
