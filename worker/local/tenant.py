@@ -289,27 +289,30 @@ class LocalTenant:
             ("/api/v1/webhooks/{id}/deliveries", self._deliveries, ["GET"]),
             ("/api/v1/webhooks/{id}/deliveries/{delivery}/actions/resend", self._resend, ["POST"]),
         ]
-        routes = [Route(path, self._guarded(handler), methods=methods) for path, handler, methods in api]
+        routes = [Route(path, self._route(handler), methods=methods) for path, handler, methods in api]
         routes += [
-            Route("/_local/groups", self._local_create, methods=["POST"]),
-            Route("/_local/groups/{id}", self._local_delete, methods=["DELETE"]),
+            Route("/_local/groups", self._route(self._local_create, api=False), methods=["POST"]),
+            Route("/_local/groups/{id}", self._route(self._local_delete, api=False), methods=["DELETE"]),
         ]
         return Starlette(routes=routes)
 
-    def _guarded(self, handler: Callable[[Request], Response]) -> Callable[[Request], Awaitable[Response]]:
-        """Authentication, the rate limit and the occasional 500 in front of an API route; the route itself runs
-        in the thread pool (it takes the lock, and a resend waits for the ingest), on the body read here."""
+    def _route(
+        self, handler: Callable[[Request], Response], api: bool = True
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """A route on the body read here, run in the thread pool (it takes the lock, and a resend waits for the
+        ingest); an API route behind authentication, the rate limit and the occasional 500, and recorded."""
 
-        async def guarded(request: Request) -> Response:
+        async def route(request: Request) -> Response:
             request.state.body = await request.body()
-            response = self._refusal(request)
+            response = self._refusal(request) if api else None
             if response is None:
                 response = await run_in_threadpool(handler, request)
-            with self._lock:
-                self.requests.append((time.monotonic(), request.url.path, response.status_code))
+            if api:
+                with self._lock:
+                    self.requests.append((time.monotonic(), request.url.path, response.status_code))
             return response
 
-        return guarded
+        return route
 
     def _refusal(self, request: Request) -> Response | None:
         now = time.monotonic()

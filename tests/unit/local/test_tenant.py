@@ -73,6 +73,15 @@ def test_some_reads_fail_with_500_at_the_configured_rate() -> None:
     assert 5 < statuses.count(500) < 35 and set(statuses) == {200, 500}
 
 
+def test_the_local_control_routes_make_changes_without_credentials(tenant: LocalTenant) -> None:
+    client = TestClient(tenant.app)
+    created = client.post("/_local/groups", json={"name": "Sales"})
+    assert created.status_code == 201 and tenant.groups[created.json()["id"]]["name"] == "Sales"
+    assert client.delete(f"/_local/groups/{created.json()['id']}").status_code == 204
+    assert tenant.groups == {} and [a["eventType"][-7:] for a in tenant.audits] == ["created", "deleted"]
+    assert tenant.requests == []  # not API requests: no budget spent
+
+
 def test_a_disabled_webhook_is_enabled_again_by_a_json_patch(tenant: LocalTenant) -> None:
     webhook_id = tenant.add_webhook("http://127.0.0.1:9/none", "s" * 32)
     hook = tenant.webhooks[webhook_id]
