@@ -1,7 +1,8 @@
 """Issue 21's "done when", on the local Qlik tenant, a real ingest, Apache Kafka, Redis and the worker:
 
 - an ingest outage longer than the tenant's retries (deliveries fail, Qlik disables the webhook) loses nothing
-  once the watch has run: it re-enables the webhook and backfills the gap, and every change comes out once;
+  once the watch has run: it re-enables the webhook and backfills the gap, and every change comes out once; a
+  short one is repaired by resending each failed delivery once;
 - a backfill run twice, and a backfill over events the webhook delivered, emit nothing new;
 - both whether the Audits API carries the delivered event's id or an id of its own (`same_event_ids`): the
   worker then recognises the change by its content;
@@ -89,6 +90,25 @@ def test_an_ingest_outage_longer_than_the_retries_loses_nothing_once_the_watch_h
     assert identities(records) == up.expected(), "a change was lost or came out twice"
     assert {r["group_id"] for r in records} >= {*before, *during}
     assert live_groups(connect(settings.redis_url), "tenant-up") == set(up.tenant.groups)
+
+
+def test_a_short_outage_is_repaired_by_resending_each_failed_delivery_once(upstream_factory) -> None:
+    up: Upstream = upstream_factory(Behaviour(delivery_attempts=1, disable_after=5))
+    settings = up.settings(WORKER_WATCH_RECONCILE_INTERVAL_SECONDS="0")
+    with up.client(settings) as client:
+        watch = Watch(settings, [client], connect(settings.redis_url), Sender(settings))
+        watch.cycle()
+        up.stop_ingest()
+        lost = up.tenant.create_group("Created while the ingest is down")["id"]
+        up.tenant.wait_delivered()
+        up.start_ingest()
+        up.tenant.create_group("Created after")  # delivered: the endpoint works again
+        up.tenant.wait_delivered()
+        watch.cycle()  # shorter than the threshold: resent, not backfilled
+        watch.cycle()  # and only once
+    tries = [d["status"] for d in up.tenant.deliveries if d["request"]["body"]["data"]["id"] == lost]
+    assert tries == ["fail", "success"]
+    assert identities(all_records(up.stack)) == up.expected()
 
 
 @pytest.mark.parametrize("same_ids", IDS)

@@ -86,3 +86,17 @@ def test_each_change_comes_out_once_whatever_ids_its_copies_carry(seed_event: Se
     assert all(count == 1 for count in groups.values())
     members = Counter((r["change_id"], r["user_id"]) for r in out if r["schema"] == "membership_change/v1")
     assert all(count == 1 for count in members.values())
+
+
+def test_a_reconciliation_and_qliks_own_event_are_the_same_change(seed_event: SeedEvent) -> None:
+    """Whichever comes first gives the one record: a reconciliation's correction of a deletion (its own source,
+    id and time) and the deletion Qlik delivers late."""
+    qliks = seed_event("group-deleted", envelope={"id": "qlik-delete"})
+    correction = seed_event(
+        "group-deleted",
+        envelope={"id": "reconciliation-id", "source": "group-events-worker/reconcile"},
+        data={"name": "507f191e810c19729de860ea", "lastUpdatedAt": "2026-01-01T00:00:00Z"},
+    )
+    for order in ([qliks, correction], [correction, qliks]):
+        (record,) = records(Offline(), order)
+        assert record["event_id"] == order[0]["id"]
