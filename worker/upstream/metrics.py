@@ -20,7 +20,7 @@ GROUP_WEBHOOKS = Gauge(
 )
 FAILED_DELIVERIES = Gauge(
     "watch_failed_deliveries",
-    "Failed deliveries in the watched history whose event no delivery brought (before resends and backfills)",
+    "Failed deliveries not handled yet: after what the watch resent or backfilled, their event not delivered",
     ["tenant", "webhook"],
     registry=REGISTRY,
 )

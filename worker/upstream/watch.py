@@ -132,14 +132,15 @@ class Watch:
             next_state = WatchState(**{**next_state.values(), "reconciled_at": now_ms})
         seen = {d.id for view in views for d in view.deliveries}
         self._store.save(tenant_id, next_state.values(), (set(resent) & seen) | {d for _w, d in decided.resend})
-        self._export(name, views, accepted, now_ms)
+        handled = next_state.backfilled_through or next_state.checked_through or 0
+        self._export(name, views, accepted, now_ms, handled)
 
-    def _export(self, name: str, views: list[WebhookView], accepted: int | None, now_ms: int) -> None:
+    def _export(self, name: str, views: list[WebhookView], accepted: int | None, now_ms: int, handled: int) -> None:
         metrics.GROUP_WEBHOOKS.labels(name).set(len(views))
         for view in views:
             metrics.WEBHOOK_ENABLED.labels(name, view.id).set(1 if view.enabled else 0)
-            delivered = {d.event_id for d in view.deliveries if d.ok}
-            failed = [d for d in view.deliveries if not d.ok and (d.event_id is None or d.event_id not in delivered)]
+            delivered = {d.event_id for d in view.deliveries if d.ok and d.event_id is not None}
+            failed = [d for d in view.deliveries if not d.ok and d.at_ms > handled and d.event_id not in delivered]
             metrics.FAILED_DELIVERIES.labels(name, view.id).set(len(failed))
         if accepted is not None:
             metrics.LAST_ACCEPTED_AGE.labels(name).set(max(0.0, (now_ms - accepted) / 1000))

@@ -27,6 +27,7 @@ import pytest
 from tests.integration.helpers import wait_for
 from tests.integration.upstream.conftest import FAST_DELIVERY, Upstream, all_records, identities
 from worker.local.tenant import Behaviour
+from worker.qlik.metrics import REGISTRY
 from worker.state.client import connect
 from worker.state.tenants import live_groups
 from worker.state.upstream import last_accepted
@@ -85,6 +86,9 @@ def test_an_ingest_outage_longer_than_the_retries_loses_nothing_once_the_watch_h
         up.tenant.create_group("After the outage")
         up.tenant.wait_delivered()
         watch.cycle()  # the trouble is over: the rest backfilled, nothing resent twice
+        labels = {"tenant": client.tenant.name, "webhook": webhook.id}
+        assert REGISTRY.get_sample_value("watch_webhook_enabled", labels) == 1
+        assert REGISTRY.get_sample_value("watch_failed_deliveries", labels) == 0  # all handled
 
     records = all_records(up.stack)
     assert identities(records) == up.expected(), "a change was lost or came out twice"
