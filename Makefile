@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 # The venv's bin first on PATH: tests find the checkers installed there (hadolint, docker-compose).
 PYTEST := PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest
 
-.PHONY: install run demo test unit integration chaos bench bench-quick bench-ingest image lint fmt schemas clean lock audit
+.PHONY: install run demo test unit integration chaos bench bench-quick bench-ingest bench-backfill image lint fmt schemas clean lock audit
 # Locked resolution for every Python from 3.11 and every platform, each file with its hashes (requirements/).
 LOCK := $(VENV)/bin/uv pip compile --universal --python-version 3.11 --generate-hashes --quiet --custom-compile-command "make lock"
 
@@ -66,6 +66,11 @@ bench-quick: install
 ## (no engine) on the official base, else on a local Debian base made with debootstrap. Says which and why.
 image:
 	$(PYTHON) deploy/image/build.py
+
+## The backfill against the local Qlik tenant: events/s and requests per 1,000 events (under a minute);
+## writes bench/RESULTS-backfill.md.
+bench-backfill: install
+	$(PY) -m bench.backfill
 
 ## The webhook ingest under load: accepted requests/s of signed 1 KB posts at saturation (wrk) and p99 at
 ## 2,000 requests/s (hey), on the embedded broker (about a minute); writes bench/RESULTS-ingest.md.

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from confluent_kafka import KafkaException
 from pydantic import ValidationError
@@ -46,6 +47,43 @@ def cmd_ingest(_args: argparse.Namespace) -> int:
 
     logs.configure(os.environ.get("WORKER_LOG_LEVEL", "INFO").upper())
     return serve(load_settings())
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from worker.upstream import jobs
+    from worker.upstream.backfill import Interval
+
+    logs.configure(os.environ.get("WORKER_LOG_LEVEL", "INFO").upper())
+    try:
+        since = jobs.parse_time(args.since)
+        until = jobs.parse_time(args.until) if args.until else datetime.now(UTC)
+    except ValueError as error:
+        print(f"--since/--until: {error}", file=sys.stderr)
+        return 2
+    interval = Interval(since, until, args.dry_run, args.restart, args.beyond_dedupe_window)
+    return _upstream(lambda settings: jobs.run_backfill(settings, interval, args.tenant))
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from worker.upstream import jobs
+
+    logs.configure(os.environ.get("WORKER_LOG_LEVEL", "INFO").upper())
+    return _upstream(lambda settings: jobs.run_reconcile(settings, args.tenant, args.emit))
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from worker.upstream import jobs
+
+    logs.configure(os.environ.get("WORKER_LOG_LEVEL", "INFO").upper())
+    return _upstream(lambda settings: jobs.run_watch(settings, args.once))
+
+
+def _upstream(job: Callable[[Settings], int]) -> int:
+    try:
+        return job(load_settings())
+    except ConfigError as error:
+        print(f"invalid configuration: {error}", file=sys.stderr)
+        return 2
 
 
 def cmd_sample_events(_args: argparse.Namespace) -> int:
@@ -137,6 +175,33 @@ def _validate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE", help="JSON lines, one structured-mode CloudEvent per line; - for stdin")
 
 
+def _tenant_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tenant", metavar="T", help="one of the configured tenants (name or tenant id); default: all")
+
+
+def _backfill_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--since", required=True, metavar="TIME", help="ISO 8601 (UTC without a zone)")
+    parser.add_argument("--until", metavar="TIME", help="ISO 8601 (default: now)")
+    _tenant_argument(parser)
+    parser.add_argument("--dry-run", action="store_true", help="read and count; produce nothing, save no checkpoint")
+    parser.add_argument("--restart", action="store_true", help="ignore where an earlier run with this --since got to")
+    parser.add_argument(
+        "--beyond-dedupe-window",
+        action="store_true",
+        help="also send events older than WORKER_DEDUPE_TTL_SECONDS (the worker may have forgotten them: their "
+        "records can come out a second time)",
+    )
+
+
+def _reconcile_arguments(parser: argparse.ArgumentParser) -> None:
+    _tenant_argument(parser)
+    parser.add_argument("--emit", action="store_true", help="send the corrective events (default: report only)")
+
+
+def _watch_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--once", action="store_true", help="one cycle over every tenant, then exit")
+
+
 def _dlq_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partition", type=int, metavar="P", help="only this DLQ partition (default: all)")
     parser.add_argument("--from-offset", type=int, metavar="A", help="first DLQ offset to read, per partition")
@@ -172,6 +237,22 @@ def _redrive_arguments(parser: argparse.ArgumentParser) -> None:
 COMMANDS: dict[str, Command | Group] = {
     "run": Command(cmd_run, "run the worker until SIGTERM/SIGINT", _run_arguments),
     "ingest": Command(cmd_ingest, "serve the signed Qlik Cloud webhook endpoint that puts events on the ingest topic"),
+    "backfill": Command(
+        cmd_backfill,
+        "read a tenant's group events from Qlik's Audits API and produce them to the ingest topic (resumable, "
+        "idempotent)",
+        _backfill_arguments,
+    ),
+    "watch": Command(
+        cmd_watch,
+        "watch the tenants' webhooks: resend failed deliveries, re-enable, backfill gaps, reconcile on a schedule",
+        _watch_arguments,
+    ),
+    "reconcile": Command(
+        cmd_reconcile,
+        "compare a tenant's groups in Qlik with the worker's; --emit sends corrective events",
+        _reconcile_arguments,
+    ),
     "demo": Command(
         cmd_demo, "embedded stack + worker + ingest, sample events posted as webhooks: print what comes out, exit"
     ),

@@ -192,6 +192,26 @@ class Settings(BaseSettings):
     ingest_tls_certfile: str = ""
     ingest_tls_keyfile: str = Field("", validate_default=True)
 
+    # ---- the Qlik Cloud APIs: backfill, watch, reconcile (worker/qlik, worker/upstream) ----
+    # One tenant: its base URL and an API key, or an OAuth2 client (client credentials); several: a JSON file of
+    # the same settings per tenant (worker/qlik/tenants.py). The secrets are SecretStr: never printed.
+    qlik_url: str = ""
+    qlik_api_key: SecretStr = SecretStr("")
+    qlik_client_id: str = ""
+    qlik_client_secret: SecretStr = SecretStr("")
+    qlik_tenant_id: str = ""  # empty: asked from the tenant (GET /api/v1/users/me)
+    qlik_tenants_file: str = ""
+    # Requests per minute per tenant, kept below Qlik's documented 1,000 (tier 1) so a 429 is an exception.
+    qlik_requests_per_minute: int = Field(600, ge=1, le=1000)
+    # ---- `python -m worker watch` (worker/upstream/watch.py) ----
+    watch_interval_seconds: float = Field(60, gt=0)
+    watch_reenable: bool = False  # PATCH a webhook Qlik disabled back to enabled
+    # Trouble (a disabled webhook, failing deliveries) longer than this is backfilled, not only resent.
+    watch_outage_threshold_seconds: float = Field(300, ge=0)
+    # Added around every gap: clock skew between Qlik, the ingest and this host, and deliveries in flight.
+    watch_gap_margin_seconds: float = Field(120, ge=0)
+    watch_reconcile_interval_seconds: float = Field(3600, ge=0)  # 0: the watch never reconciles
+
     @field_validator("input_topics", mode="before")
     @classmethod
     def _split_topics(cls, value: object) -> object:

@@ -36,6 +36,16 @@ def read_yaml_all(path: Path) -> list[Any]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
+def kustomization_docs(directory: Path) -> dict[str, dict[str, Any]]:
+    """The documents of a kustomization's resources, by kind (one of each)."""
+    docs: dict[str, dict[str, Any]] = {}
+    for name in read_yaml(directory / "kustomization.yaml")["resources"]:
+        for doc in read_yaml_all(directory / name):
+            assert doc["kind"] not in docs
+            docs[doc["kind"]] = doc
+    return docs
+
+
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.conftest import read_yaml, read_yaml_all
+from tests.deploy.conftest import kustomization_docs, read_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 INGEST = ROOT / "deploy" / "k8s" / "ingest"
@@ -20,12 +20,7 @@ Docs = dict[str, dict[str, Any]]
 
 @pytest.fixture(scope="module")
 def ingest() -> Docs:
-    docs: Docs = {}
-    for name in read_yaml(INGEST / "kustomization.yaml")["resources"]:
-        for doc in read_yaml_all(INGEST / name):
-            assert doc["kind"] not in docs
-            docs[doc["kind"]] = doc
-    return docs
+    return kustomization_docs(INGEST)
 
 
 @pytest.fixture(scope="module")

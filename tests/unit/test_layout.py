@@ -13,16 +13,20 @@ WORKER = Path(__file__).resolve().parents[2] / "worker"
 
 # What each part of `worker/` may import of the others (`worker` itself, for `__version__`, is open to all):
 # cli -> local, consumer, ops -> ingest, state -> config -> processing; logs is a leaf anyone may use.
+# The upstream jobs (issue 21): cli, local -> upstream -> ingest, state, qlik -> config; the ingest records its
+# last accepted times in Redis through state.
 ALLOWED: dict[str, set[str]] = {
     "processing": set(),
     "config": {"processing"},
     "logs": set(),
     "state": {"config", "processing"},
-    "ingest": {"config", "logs", "processing"},
+    "ingest": {"config", "logs", "processing", "state"},
+    "qlik": {"config", "logs", "processing"},
+    "upstream": {"config", "logs", "processing", "state", "ingest", "qlik"},
     "consumer": {"config", "logs", "processing", "state"},
     "ops": {"config", "logs", "processing", "state"},
-    "local": {"config", "logs", "processing", "ingest"},
-    "cli": {"config", "logs", "processing", "state", "ingest", "consumer", "ops", "local"},
+    "local": {"config", "logs", "processing", "ingest", "qlik", "upstream"},
+    "cli": {"config", "logs", "processing", "state", "ingest", "consumer", "ops", "local", "qlik", "upstream"},
     "__main__": {"cli"},
     "__init__": set(),
 }

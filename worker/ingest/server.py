@@ -45,6 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker.config import SecretEntry, Settings
 from worker.ingest import metrics
+from worker.ingest.accepted import AcceptedTimes
 from worker.ingest.bounds import BodyTooLarge, Bounds, Busy, ClientGone, ReadTimeout
 from worker.ingest.http import BoundedHttpTools, tls_context
 from worker.ingest.producer import Publisher, TooLarge, Unavailable, limits_problem, producer_config, topic_limit
@@ -63,6 +64,7 @@ from worker.ingest.rules import (
 )
 from worker.ingest.secrets import ANY, Grant, SecretsSource, well_formed
 from worker.processing.ums import looks_like_ums
+from worker.state.client import redis_client
 
 log = structlog.get_logger("worker.ingest.server")
 
@@ -154,8 +156,16 @@ class Admitted:
 class Webhook:
     """The ASGI app of one endpoint (an app, not a request function, so it sees every method)."""
 
-    def __init__(self, endpoint: Endpoint, publisher: Publisher, bounds: Bounds, refusals: RefusalLog) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        publisher: Publisher,
+        bounds: Bounds,
+        refusals: RefusalLog,
+        accepted: AcceptedTimes | None = None,
+    ) -> None:
         self.endpoint, self.publisher, self.bounds, self.refusals = endpoint, publisher, bounds, refusals
+        self.accepted = accepted
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         answer = await self._answer(scope, receive)
@@ -239,6 +249,8 @@ class Webhook:
         except Unavailable as error:
             return _unavailable("Kafka unavailable"), {**fields, "cause": str(error)}
         metrics.ACK_SECONDS.observe(time.perf_counter() - started)
+        if self.accepted is not None:  # the watch's gap starts where a tenant's events stop (issue 21)
+            self.accepted.accepted(fields.get("tenant"))
         where = {"topic": stored.topic, "partition": stored.partition, "offset": stored.offset}
         return _json(202, where), {**fields, **where}
 
@@ -321,9 +333,14 @@ class Readiness:
             return self._problem
 
 
-def build_app(settings: Settings, publisher: Publisher, refusals: RefusalLog | None = None) -> Starlette:
+def build_app(
+    settings: Settings,
+    publisher: Publisher,
+    refusals: RefusalLog | None = None,
+    accepted: AcceptedTimes | None = None,
+) -> Starlette:
     """The ASGI app; the publisher is started and closed with it (lifespan), and so are the secrets files'
-    watchers."""
+    watchers and `accepted` (the per-tenant last accepted times, for the webhook watch)."""
     document = openapi(settings)
     refusals = refusals or RefusalLog()
     bounds = Bounds(settings.ingest_read_timeout_seconds, settings.ingest_max_body_reads, settings.ingest_max_waiting)
@@ -351,15 +368,19 @@ def build_app(settings: Settings, publisher: Publisher, refusals: RefusalLog | N
         for door in webhooks:
             if door.secrets is None:
                 log.warning("ingest_unsigned", path=door.path, detail="requests are accepted without a signature")
+        if accepted is not None:
+            accepted.start()
         log.info("ingest_started", topic=publisher.topic, port=settings.ingest_port, paths=[d.path for d in webhooks])
         yield
         bounds.close()
         for watcher in watchers:
             watcher.cancel()
         await asyncio.to_thread(publisher.close, CLOSE_TIMEOUT_SECONDS)
+        if accepted is not None:
+            await asyncio.to_thread(accepted.close)
 
     routes = [
-        *(Route(door.path, Webhook(door, publisher, bounds, refusals)) for door in webhooks),
+        *(Route(door.path, Webhook(door, publisher, bounds, refusals, accepted)) for door in webhooks),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", prometheus),
@@ -390,7 +411,7 @@ def serve(settings: Settings) -> int:
 
     tls = bool(settings.ingest_tls_certfile)
     server = uvicorn.Config(
-        build_app(settings, publisher, refusals),
+        build_app(settings, publisher, refusals, AcceptedTimes(redis_client(settings))),
         host="0.0.0.0",
         port=settings.ingest_port,
         http=BoundedHttpTools.bounded(

@@ -1,10 +1,13 @@
 """The embedded stack of `make run` and `make demo`, and what runs beside the worker there: the stack's settings
 and topics, the ingest with a generated demo secret, the ready `curl` line that posts a signed seed example,
-the records printed as they come out, and the demo itself (sample events sent as Qlik would send them: signed
-webhooks; the records and DLQ messages read back and printed)."""
+the local Qlik tenant and the webhook watch when no real tenant is configured (worker/local/outage.py), the
+records printed as they come out, and the demo itself (sample events sent as Qlik would send them: signed
+webhooks; then an outage of the ingest that the watch repairs; the records and DLQ messages read back and
+printed, and checked: every change once)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import threading
@@ -22,6 +25,7 @@ from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 from worker import logs
 from worker.config import Settings, load_settings, secret_entry
 from worker.ingest.rules import UMS_SIGNATURE_HEADER
+from worker.local import outage
 from worker.local.ingest_client import Answer, IngestProcess, curl_command, post, webhook_form
 from worker.local.samples import Sample, expected_counts, samples
 from worker.local.stack import create_topics, embedded, free_port
@@ -35,6 +39,7 @@ FAST_GROUP_TIMEOUTS = {
     "WORKER_KAFKA_MAX_POLL_INTERVAL_MS": "10000",
 }
 EMBEDDED_PARTITIONS = 4
+QUIET_SECONDS = 3.0
 
 
 @contextmanager
@@ -76,8 +81,10 @@ def ingest_for_run(embed: bool, settings: Settings) -> Iterator[None]:
         yield
         return
     stop = threading.Event()
-    with ingest_beside() as beside:
+    with ingest_beside() as beside, contextlib.ExitStack() as upstream:
         print(curl_hint(beside), flush=True)
+        if not (settings.qlik_url or settings.qlik_tenants_file):  # no real tenant: the local one
+            upstream.enter_context(outage.beside_run(settings, beside.ingest, beside.secret, print))
         follower = threading.Thread(target=follow_records, args=(settings, stop), name="records", daemon=True)
         follower.start()
         try:
@@ -121,6 +128,10 @@ def run(build: Callable[[Settings], Worker]) -> int:
             for sample, answer in sent:
                 print(f"  - {sample.note}: {answer.status} {orjson.dumps(answer.body).decode()}")
             want_records, want_dlq = expected_counts([sample for sample, answer in sent if answer.status == 202])
+            print("\nan outage of the ingest, and the webhook watch:")
+            tenant = outage.tell(settings, beside.ingest, beside.secret, print)
+            from_tenant = outage.expected(tenant)
+            want_records += from_tenant
             records, dead = read_outputs(settings, expected_records=want_records, expected_dlq=want_dlq, timeout=90)
         finally:
             worker.stop()
@@ -131,7 +142,14 @@ def run(build: Callable[[Settings], Worker]) -> int:
     print(f"\n{len(dead)} messages on {settings.dlq_topic}:")
     for headers in dead:
         print("  " + orjson.dumps(headers).decode())
-    return 0 if (len(records), len(dead)) == (want_records, want_dlq) else 1
+    once = len({_identity(r) for r in records if r.get("tenant_id") == tenant.tenant_id})
+    print(f"\nthe local tenant's {from_tenant} changes came out as {once} distinct records")
+    return 0 if (len(records), len(dead), once) == (want_records, want_dlq, from_tenant) else 1
+
+
+def _identity(record: dict[str, object]) -> tuple[object, ...]:
+    """What makes a record the same change whatever event carried it."""
+    return (record["group_id"], record["change"], record.get("user_id"), record["occurred_at"])
 
 
 def read_outputs(
@@ -154,7 +172,8 @@ def read_outputs(
     records: list[dict[str, object]] = []
     dead: list[dict[str, str]] = []
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and (len(records) < expected_records or len(dead) < expected_dlq):
+    quiet_until = None  # after the expected counts, a few more seconds: one record too many must show
+    while time.monotonic() < deadline and (quiet_until is None or time.monotonic() < quiet_until):
         for message in consumer.consume(100, 0.5):
             if message.error():
                 continue
@@ -162,6 +181,8 @@ def read_outputs(
                 records.append(orjson.loads(message.value() or b"null"))
             else:
                 dead.append({PREFIX + k: v for k, v in dead_letter_fields(message.headers()).items()})
+        if quiet_until is None and len(records) >= expected_records and len(dead) >= expected_dlq:
+            quiet_until = time.monotonic() + QUIET_SECONDS
     consumer.close()
     return records, dead
 

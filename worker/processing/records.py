@@ -3,9 +3,10 @@
 Two shapes, both JSON objects keyed `"<tenant_id>:<group_id>"` on the output topic:
 - `membership_change/v1`: one per (change, affected user) of a `users.modified` change;
 - `group_change/v1`: one per group created/updated/deleted event, from either input format: a Qlik Cloud
-  CloudEvent (`source_system: "qlik-cloud"`) or a UMS webhook (`"ums"`), so both make one stream. Fields one
-  format does not have are null or empty in its records. Fields are only ever added to a schema version, and
-  an added field is optional in the JSON Schema, so records written before it stay valid.
+  CloudEvent (`source_system: "qlik-cloud"`, or `"reconciliation"` for a reconciliation's correction) or a UMS
+  webhook (`"ums"`), so both make one stream. Fields one format does not have are null or empty in its records.
+  Fields are only ever added to a schema version, and an added field is optional in the JSON Schema, so records
+  written before it stay valid.
 Both carry `superseded`: the group already showed a newer occurrence (`worker/processing/recency.py`).
 `record_id` is a digest of what identifies the record, so any copy of a record has the same id.
 The JSON Schemas in `worker/processing/schemas/` are generated from the TypedDicts below (`make schemas`).
@@ -34,6 +35,9 @@ from worker.processing.models import (
 )
 from worker.processing.ums import UmsEnvelope
 
+# The source of the CloudEvents a reconciliation sends (worker/upstream/reconcile.py): their records say
+# `source_system: "reconciliation"`, so a reader tells a correction from a change Qlik reported.
+RECONCILIATION_SOURCE: Final = "group-events-worker/reconcile"
 MEMBERSHIP: Final = "membership_change/v1"
 GROUP: Final = "group_change/v1"
 SCHEMA_DIR = Path(__file__).parent / "schemas"
@@ -100,7 +104,7 @@ class GroupChange(TypedDict):
     event_id: str
     # Added to v1 with the UMS source: always written, but not required, so records written before still
     # validate against the schema (a reader takes a missing source_system as "qlik-cloud").
-    source_system: NotRequired[Literal["qlik-cloud", "ums"]]
+    source_system: NotRequired[Literal["qlik-cloud", "ums", "reconciliation"]]
     parent_group_id: NotRequired[str | None]  # UMS only
     external_id: NotRequired[str | None]  # UMS only
     manager_ids: NotRequired[list[str]]  # UMS only
@@ -214,7 +218,7 @@ def group_change(event: Event, *, superseded: bool = False) -> GroupChange:
         "updates": _updates(data),
         "occurred_at": rfc3339(data.last_updated_at),
         "event_id": envelope.id,
-        "source_system": "qlik-cloud",
+        "source_system": "reconciliation" if envelope.source == RECONCILIATION_SOURCE else "qlik-cloud",
         "parent_group_id": None,
         "external_id": None,
         "manager_ids": [],

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 from worker.processing.control import Command
-from worker.processing.models import Event
+from worker.processing.models import DATA_MODELS, GROUP_UPDATED, USERS_MODIFIED, Event, Group, UsersModified, rfc3339
 from worker.processing.reassembly import (
     CHUNK_USERS,
     ChangeState,
@@ -38,10 +38,38 @@ from worker.processing.tenants import GroupCount
 
 
 def dedupe_id(event: Event) -> str:
-    """What a `DedupeStore` claims for an event: a digest of (tenant, source, type, id). Type is part of it
-    because Qlik reuses ids across types."""
+    """An event's identity: a digest of (tenant, source, type, id). Type is part of it because Qlik reuses ids
+    across types."""
     e = event.envelope
     return digest(event.data.tenant_id, e.source, e.type, e.id)
+
+
+def content_id(event: Event) -> str | None:
+    """A Qlik CloudEvent's content, for the same change under another id (a backfill from the Audits API, whose
+    items may not carry the delivered event's id; a reconciliation's correction): a digest of tenant, group and
+    type; for an update also `lastUpdatedAt` (a group is created and deleted once, updated many times); for a
+    `users.modified` part also its `deleted`, `fullyProcessed` and users (the parts of one change share the rest).
+    The source is not part of it: the same change may come from another service. UMS webhooks: None."""
+    kind = event.envelope.type
+    if kind not in DATA_MODELS:  # a UMS webhook
+        return None
+    # Told by the type, not by isinstance: pydantic's instance check costs a µs each on the hot path.
+    data = cast(Group, event.data)
+    if kind == GROUP_UPDATED:
+        return digest("content", data.tenant_id, data.id, kind, rfc3339(data.last_updated_at))
+    if kind == USERS_MODIFIED:
+        part = cast(UsersModified, data)
+        flags = f"{part.deleted}:{part.fully_processed}"
+        return digest("content", part.tenant_id, part.id, kind, rfc3339(part.last_updated_at), flags,
+                      *part.affected_users)  # fmt: skip
+    return digest("content", data.tenant_id, data.id, kind)
+
+
+def dedupe_ids(event: Event) -> list[str]:
+    """What a `DedupeStore` claims for an event: its identity, and its content where it has one. An event is a
+    duplicate when another position claimed either."""
+    content = content_id(event)
+    return [dedupe_id(event)] if content is None else [dedupe_id(event), content]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +82,8 @@ class Closed:
 
 class DedupeStore(Protocol):
     def claim(self, claims: Sequence[tuple[Event, str]]) -> list[bool]:
-        """(event, position tag) -> True where this position owns the event, False for a duplicate. Copies
-        inside one batch: the first in batch order owns it."""
+        """(event, position tag) -> True where this position owns every id of the event (`dedupe_ids`), False
+        for a duplicate. Copies inside one batch: the first in batch order owns it."""
         ...
 
 
@@ -101,7 +129,7 @@ class MemoryDedupe:
     owners: dict[str, str] = field(default_factory=dict)  # dedupe key -> position tag that claimed it
 
     def claim(self, claims: Sequence[tuple[Event, str]]) -> list[bool]:
-        return [self.owners.setdefault(dedupe_id(event), tag) == tag for event, tag in claims]
+        return [all([self.owners.setdefault(key, tag) == tag for key in dedupe_ids(event)]) for event, tag in claims]
 
     def owner(self, event: Event) -> str | None:
         return self.owners.get(dedupe_id(event))

@@ -1,7 +1,9 @@
 """Deduplication: claim each event id in Redis, for a whole batch in one round trip.
 
-Key: `gew:dedupe:<digest(tenantid, source, type, id)>`, a string holding the input position that claimed it,
-with a TTL of `WORKER_DEDUPE_TTL_SECONDS`. Type is part of the key because Qlik reuses ids across types.
+Keys: `gew:dedupe:<digest>`, one for an event's identity (tenantid, source, type, id) and, for a Qlik CloudEvent,
+one for its content (`worker.processing.stores.content_id`: the same change under another id), each a string
+holding the input position that claimed it, with a TTL of `WORKER_DEDUPE_TTL_SECONDS`. Type is part of both
+because Qlik reuses ids across types. An event is first only where its position owns all of its keys.
 A claim belongs to a position, so a message redelivered at the same position after a crash is processed
 again, while a copy at any other position (another partition, another worker) is a duplicate.
 
@@ -20,14 +22,18 @@ from typing import Any
 import redis
 
 from worker.processing.models import Event
-from worker.processing.stores import dedupe_id
+from worker.processing.stores import dedupe_id, dedupe_ids
 from worker.state.client import Client, Command, pipelined, server_version
 
 ROUNDS = 3  # Redis 6: a claim found taken, then gone (expired between SET and GET), is tried again
 
 
+KEY_PREFIX = "gew:dedupe:"
+
+
 def dedupe_key(event: Event) -> str:
-    return "gew:dedupe:" + dedupe_id(event)
+    """The key of an event's identity claim."""
+    return KEY_PREFIX + dedupe_id(event)
 
 
 class Deduper:
@@ -41,12 +47,23 @@ class Deduper:
         self._set_get = set_get
 
     def claim(self, claims: Sequence[tuple[Event, str]]) -> list[bool]:
-        """(event, position tag) -> True where this position owns the event, False for a duplicate.
+        """(event, position tag) -> True where this position owns every key of the event, False for a duplicate.
         Copies inside one batch: the first in batch order owns it. Raises RedisError on failure."""
         if not claims:
             return []
-        keys = [dedupe_key(event) for event, _ in claims]
-        tags = [tag.encode() for _, tag in claims]
+        spans: list[int] = []
+        keys: list[str] = []
+        tags: list[bytes] = []
+        for event, tag in claims:
+            ids = dedupe_ids(event)
+            spans.append(len(ids))
+            keys += [KEY_PREFIX + i for i in ids]
+            tags += [tag.encode()] * len(ids)
+        owned = iter(self._claim_keys(keys, tags))
+        return [all([next(owned) for _ in range(span)]) for span in spans]
+
+    def _claim_keys(self, keys: list[str], tags: list[bytes]) -> list[bool]:
+        """Per key: whether its tag owns it (claimed now, or by the same tag before)."""
         if self._set_get is None:
             self._set_get = server_version(self._client) >= 7
         if self._set_get:

@@ -42,3 +42,9 @@ class TenantGroups:
                 args += ["+" if changes[i].created else "-", changes[i].group_id]
             calls.append(([groups_key(tenant_id)], args))
         return [int(size) for size in in_batch_order(by_tenant, self._script.run(calls), len(changes))]
+
+
+def live_groups(client: Client, tenant_id: str) -> set[str]:
+    """The tenant's live group ids as the worker knows them (what a reconciliation compares with Qlik's)."""
+    members: set[bytes] = client.smembers(groups_key(tenant_id))  # type: ignore[assignment]  # raw replies
+    return {member.decode() for member in members}

@@ -30,8 +30,10 @@ def client(redis_service: object) -> redis.Redis:
     return connect(url)
 
 
-def event(event_id: str, event_type: str = "com.qlik.v1.group.created") -> Event:
-    value, headers = binary(event_id, event_type, group_data("g-1"))
+def event(event_id: str, event_type: str = "com.qlik.v1.group.created", group: str | None = None) -> Event:
+    """A group event; its group is named after the event unless given (events of one group and type are the
+    same change: one content key)."""
+    value, headers = binary(event_id, event_type, group_data(group or event_id))
     decoded = decode(value, headers)
     assert isinstance(decoded, Event)
     return decoded
@@ -54,7 +56,7 @@ def test_first_sight_owns_replays_own_again_and_copies_elsewhere_are_duplicates(
         pytest.skip("SET NX GET needs Redis 7")
     deduper = Deduper(client, ttl_seconds=60, set_get=set_get)
     a, b = event(f"dd-{next(ids)}"), event(f"dd-{next(ids)}")
-    same_id_other_type = event(a.envelope.id, "com.qlik.v1.group.deleted")
+    same_id_other_type = event(a.envelope.id, "com.qlik.v1.group.deleted", group=a.envelope.id)
 
     # one batch: a, a copy of a at another position, b, and a's id under another type (its own key)
     assert deduper.claim([(a, "in:0:1"), (a, "in:1:7"), (b, "in:0:2"), (same_id_other_type, "in:0:3")]) == [
@@ -68,6 +70,18 @@ def test_first_sight_owns_replays_own_again_and_copies_elsewhere_are_duplicates(
     assert deduper.claim([(b, "in:1:9"), (a, "in:1:7")]) == [False, False]
     assert client.get(dedupe_key(a)) == b"in:0:1"
     assert 0 < client.ttl(dedupe_key(a)) <= 60
+
+
+@pytest.mark.parametrize("set_get", FORMS)
+def test_the_same_change_under_another_id_is_a_duplicate(client: redis.Redis, set_get: bool | None) -> None:
+    if set_get and redis_major(client) < 7:
+        pytest.skip("SET NX GET needs Redis 7")
+    deduper = Deduper(client, ttl_seconds=60, set_get=set_get)
+    group = f"dc-{next(ids)}"
+    delivered, backfilled = event(f"{group}-webhook", group=group), event(f"{group}-audit", group=group)
+    assert deduper.claim([(delivered, "in:0:1")]) == [True]
+    assert deduper.claim([(backfilled, "in:1:4"), (delivered, "in:0:1")]) == [False, True]
+    assert deduper.claim([(backfilled, "in:1:4")]) == [False]  # its replay too: the content is not its own
 
 
 @pytest.mark.parametrize("set_get", [None, False])
@@ -98,7 +112,8 @@ def test_the_in_memory_store_agrees_with_redis(
 ) -> None:
     run = next(ids)
     types = ("com.qlik.v1.group.created", "com.qlik.v1.group.deleted")
-    events = {(i, t): event(f"dm-{run}-{i}", types[t]) for i in range(4) for t in range(2)}
+    # two groups, so some events are the same change under other ids (their content keys meet)
+    events = {(i, t): event(f"dm-{run}-{i}", types[t], f"dm-{run}-g{i % 2}") for i in range(4) for t in range(2)}
     redis_store, memory = Deduper(client, ttl_seconds=60, set_get=set_get), MemoryDedupe()
     for batch in batches:  # (event, type, position): the same position twice is a replay
         claims = [(events[i, t], f"in:0:{position}") for i, t, position in batch]

@@ -153,7 +153,8 @@ def message(raw: dict[str, Any]) -> PlainMessage:
 
 
 def group_event(seed_event, name: str, time: str, event_id: str, **data: Any) -> dict[str, Any]:
-    return seed_event(name, envelope={"id": event_id, "time": time}, data=data or None)
+    """A seed example at `time`, which is also its `lastUpdatedAt` (Qlik stamps each change with its own)."""
+    return seed_event(name, envelope={"id": event_id, "time": time}, data={"lastUpdatedAt": time, **data})
 
 
 def records(results: list[BatchResult]) -> list[dict[str, Any]]:
