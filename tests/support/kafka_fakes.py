@@ -51,7 +51,7 @@ class Fault:
 class FakeMessage:
     def __init__(
         self,
-        topic: str,
+        topic: str | None,
         partition: int,
         offset: int,
         value: bytes | None = b"{}",
@@ -62,7 +62,7 @@ class FakeMessage:
         self._topic, self._partition, self._offset = topic, partition, offset
         self._value, self._key, self._headers, self._error = value, key, headers, error
 
-    def topic(self) -> str:
+    def topic(self) -> str | None:
         return self._topic
 
     def partition(self) -> int:

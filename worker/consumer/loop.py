@@ -261,7 +261,9 @@ class Loop:
         deadline = self._clock.monotonic() + delay
         try:
             while self._clock.monotonic() < deadline and not (self._stopping.is_set() or self._revoked & batch):
-                stray = self._consumer.consume(self.settings.batch_size, min(0.2, delay))
+                stray = [
+                    m for m in self._consumer.consume(self.settings.batch_size, min(0.2, delay)) if self._usable(m)
+                ]
                 self.health.polled()
                 for (topic, partition), offset in first_offsets(stray).items():
                     # Fetched before the pause, or from a partition assigned meanwhile: read them again later.

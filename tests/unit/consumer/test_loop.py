@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis
+from confluent_kafka import KafkaError
 from prometheus_client import REGISTRY
 
 from tests.support.kafka_fakes import (
@@ -26,6 +27,7 @@ from tests.support.kafka_fakes import (
     FakeKafka,
     FakeMessage,
     Fault,
+    error,
 )
 from worker.config import Settings
 from worker.consumer.health import Health
@@ -285,6 +287,26 @@ def test_an_incremental_revoke_of_other_partitions_leaves_the_waiting_batch_alon
     assert h.outputs() == [b"0:10"]
     assert h.consumer.seeks == []
     assert h.health.assigned == 1
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        FakeMessage(IN, -1, -1001, error=error(KafkaError._TRANSPORT)),  # a client-level error: no partition
+        FakeMessage(None, 0, -1001, error=error(KafkaError.UNKNOWN_TOPIC_OR_PART)),  # no topic
+    ],
+    ids=["partition -1", "no topic"],
+)
+def test_error_events_polled_during_a_back_off_are_skipped_not_sought(event: FakeMessage) -> None:
+    """Issue 19, defect 5: the back-off sought to the first offset of everything consume() returned, error events
+    included: seek raised and the exception ended the loop."""
+    h = Harness([])
+    h.processor.failures.append(redis.ConnectionError("down"))
+    h.consumer.script.extend([h.assign(P0), [msg(0, 10)], [event]])
+    h.run()
+    assert h.outputs() == [b"0:10"]
+    assert h.kafka.group_offsets == {P0: 11}
+    assert h.consumer.seeks == []
 
 
 def test_a_stop_while_a_batch_waits_drops_it_and_rewinds_it() -> None:
