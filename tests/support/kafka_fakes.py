@@ -1,11 +1,20 @@
 """Fakes of the confluent-kafka clients for unit tests of the loop and the sinks (never for integration tests).
 
-`FakeKafka` is the broker and the group coordinator in one: it keeps what committed transactions wrote
-(`records`) and the group's committed offsets (`group_offsets`). `FakeProducer` follows librdkafka's
-transactional state machine closely enough that the worker's misuse shows (produce outside a transaction,
-abort while a commit is in progress, begin while a transaction is open), and raises the faults a test plans,
-as real `KafkaError` objects, at the call it names. `FakeConsumer` serves a script of polls and rebalances and
-records pauses, seeks and closes.
+`FakeKafka` is the broker, the transaction coordinator and the group coordinator in one: it keeps what
+committed transactions wrote (`records`) and the group's committed offsets (`group_offsets`), and checks what
+the real coordinators check:
+- the group coordinator refuses offsets sent with stale group metadata: a member it does not know
+  (`UNKNOWN_MEMBER_ID`), or an old generation (classic: `ILLEGAL_GENERATION`) or member epoch (KIP-848:
+  `STALE_MEMBER_EPOCH`), all abortable errors of `send_offsets_to_transaction`; it checks the member's
+  generation, never which partitions it owns;
+- the transaction coordinator fences a producer once another one with its `transactional.id` called
+  `init_transactions` (a fatal `_FENCED` at its next transactional call), which aborts its open transaction.
+`FakeProducer` follows librdkafka's transactional state machine closely enough that the worker's misuse
+shows (produce outside a transaction, abort while a commit is in progress, begin while a transaction is
+open), and raises the faults a test plans, as real `KafkaError` objects, at the call it names. `FakeConsumer`
+serves a script of polls and rebalances (each one a new generation or member epoch) and records pauses,
+seeks and closes. `tests/support/contract.py` runs the same scenarios on these fakes and on Apache Kafka, so
+they cannot drift from librdkafka.
 """
 
 from __future__ import annotations
@@ -36,7 +45,20 @@ FATAL = error(KafkaError.UNKNOWN_PRODUCER_ID, fatal=True)
 ABORTABLE = error(KafkaError.INVALID_TXN_STATE, abort=True)
 ILLEGAL_GENERATION = error(KafkaError.ILLEGAL_GENERATION, abort=True)
 REBALANCE_IN_PROGRESS = error(KafkaError.REBALANCE_IN_PROGRESS, abort=True)
+UNKNOWN_MEMBER_ID = error(KafkaError.UNKNOWN_MEMBER_ID, abort=True)
+STALE_MEMBER_EPOCH = error(KafkaError.STALE_MEMBER_EPOCH, abort=True)  # KIP-848
+FENCED_MEMBER_EPOCH = error(KafkaError.FENCED_MEMBER_EPOCH, abort=True)  # KIP-848
+ASSIGNMENT_LOST = error(KafkaError._ASSIGNMENT_LOST, abort=True)
 STATE = error(KafkaError._STATE)
+
+
+@dataclass(frozen=True)
+class GroupMetadata:
+    """What `consumer_group_metadata()` returns: the member and its generation (classic) or member epoch
+    (KIP-848) at the time of the call. A copy: a later rebalance does not change it."""
+
+    member_id: str
+    generation: int
 
 
 @dataclass
@@ -92,6 +114,28 @@ class FakeKafka:
     producers: list[FakeProducer] = field(default_factory=list)
     broker_max_bytes: int = 1 << 30  # the topic's max.message.bytes (checked on the broker)
     calls: list[str] = field(default_factory=list)
+    protocol: str = "classic"  # the group protocol: which error a stale generation gets
+    members: dict[str, int] = field(default_factory=dict)  # member id -> its generation (member epoch)
+    producer_epochs: dict[str, int] = field(default_factory=dict)  # transactional.id -> the latest epoch
+
+    def rebalance(self, member_id: str) -> None:
+        """A new generation (classic) or member epoch (KIP-848) for the member."""
+        self.members[member_id] = self.members.get(member_id, 0) + 1
+
+    def remove_member(self, member_id: str) -> None:
+        """The coordinator drops the member (its session timed out, or it left)."""
+        self.members.pop(member_id, None)
+
+    def check_group(self, metadata: object) -> KafkaError | None:
+        """The group coordinator's check of the metadata sent with transactional offsets."""
+        if not isinstance(metadata, GroupMetadata):
+            return error(KafkaError._INVALID_ARG)
+        current = self.members.get(metadata.member_id)
+        if current is None:
+            return UNKNOWN_MEMBER_ID
+        if current != metadata.generation:
+            return ILLEGAL_GENERATION if self.protocol == "classic" else STALE_MEMBER_EPOCH
+        return None
 
     def plan(self, call: str, *faults: KafkaError | Fault) -> None:
         """The next calls of `call` (on whichever producer is current) raise these, one each."""
@@ -119,9 +163,17 @@ class FakeProducer:
         self.pending: list[tuple[str, bytes | None, bytes | None, list[Any]]] = []
         self.pending_offsets: list[TopicPartition] = []
         self.abort_blocks: threading.Event | None = None  # abort_transaction waits for this when set
+        self.epoch = 0  # of its transactional.id, from init_transactions
+        self.closed = False
 
     def _check(self, call: str) -> Fault | None:
+        if self.closed:
+            raise RuntimeError("producer used after close()")
         if self.fatal is not None:
+            raise KafkaException(self.fatal)
+        if self.epoch and self.kafka.producer_epochs[self.config["transactional.id"]] != self.epoch:
+            self.fatal = FENCED  # another producer with our transactional.id initialised after us
+            self.pending, self.pending_offsets = [], []
             raise KafkaException(self.fatal)
         fault = self.kafka._fault(call)
         if fault is not None and fault.error.fatal():
@@ -131,6 +183,10 @@ class FakeProducer:
     def init_transactions(self, timeout: float = -1) -> None:
         if fault := self._check("init_transactions"):
             raise KafkaException(fault.error)
+        transactional_id = self.config["transactional.id"]
+        self.epoch = self.kafka.producer_epochs[transactional_id] = (
+            self.kafka.producer_epochs.get(transactional_id, 0) + 1
+        )
         self.state = "ready"
 
     def begin_transaction(self) -> None:
@@ -176,6 +232,10 @@ class FakeProducer:
     def purge(self, in_queue: bool = True, in_flight: bool = True, blocking: bool = True) -> None:
         self.pending = []
 
+    def close(self) -> bool:
+        self.closed = True
+        return True
+
     def send_offsets_to_transaction(self, offsets: list[TopicPartition], metadata: Any, timeout: float = -1) -> None:
         if fault := self._check("send_offsets_to_transaction"):
             if fault.error.txn_requires_abort():
@@ -183,6 +243,9 @@ class FakeProducer:
             raise KafkaException(fault.error)
         if self.state != "open":
             raise KafkaException(error(KafkaError._STATE))
+        if refused := self.kafka.check_group(metadata):
+            self.state = "abortable"
+            raise KafkaException(refused)
         self.pending_offsets = list(offsets)
 
     def commit_transaction(self, timeout: float = -1) -> None:
@@ -222,8 +285,15 @@ class FakeConsumer:
     """Serves `script`: each step is a list of messages returned by one consume call, or a callable run
     first (a rebalance, a stop). Once the script is used up, `on_idle` runs at each consume."""
 
-    def __init__(self, kafka: FakeKafka, script: Iterable[list[FakeMessage] | Callable[[], None]] = ()) -> None:
-        self.kafka = kafka
+    def __init__(
+        self,
+        kafka: FakeKafka,
+        script: Iterable[list[FakeMessage] | Callable[[], None]] = (),
+        member_id: str = "member-1",
+    ) -> None:
+        self.kafka, self.member_id = kafka, member_id
+        kafka.rebalance(member_id)  # a member of the group from the start (tests that never subscribe commit too)
+        self.generation = kafka.members[member_id]  # what this member knows: it learns of a new one in a rebalance
         self.script: deque[list[FakeMessage] | Callable[[], None]] = deque(script)
         self.on_idle: Callable[[], None] = lambda: None
         self.assigned: list[TP] = []
@@ -239,13 +309,19 @@ class FakeConsumer:
     # ---- test controls ----
 
     def assign(self, *tps: TP) -> None:
+        self._rebalance()
         self.assigned += [tp for tp in tps if tp not in self.assigned]
         self.callbacks["on_assign"](self, [TopicPartition(t, p) for t, p in tps])
 
     def revoke(self, *tps: TP, lost: bool = False) -> None:
+        self._rebalance()
         self.callbacks["on_lost" if lost else "on_revoke"](self, [TopicPartition(t, p) for t, p in tps])
         self.assigned = [tp for tp in self.assigned if tp not in tps]
         self.paused -= set(tps)
+
+    def _rebalance(self) -> None:
+        self.kafka.rebalance(self.member_id)
+        self.generation = self.kafka.members[self.member_id]
 
     # ---- the consumer API the worker uses ----
 
@@ -295,8 +371,8 @@ class FakeConsumer:
     def get_watermark_offsets(self, tp: TopicPartition, timeout: float = -1, cached: bool = False) -> tuple[int, int]:
         return 0, self.high.get((tp.topic, tp.partition), 0)
 
-    def consumer_group_metadata(self) -> object:
-        return object()
+    def consumer_group_metadata(self) -> GroupMetadata:
+        return GroupMetadata(self.member_id, self.generation)
 
     def commit(self, offsets: list[TopicPartition], asynchronous: bool = True) -> list[TopicPartition]:
         if fault := self.kafka._fault("commit"):

@@ -111,5 +111,9 @@ class KafkaProducer(Protocol):
 
     def abort_transaction(self, timeout: float = -1) -> None: ...
 
+    def close(self) -> bool:
+        """Flush what is queued (waiting without limit: purge first), then destroy the client and its threads."""
+        ...
+
 
 NewProducer = Callable[[dict[str, Any]], KafkaProducer]

@@ -10,7 +10,9 @@ A `Sink` is a checkpoint. The loop calls, per batch, `begin`, `send`, `commit` (
 
 `commit` returns once the batch is committed, or raises one of three outcomes (siblings: none is a kind of
 another):
-- `CommitUncertain`: the commit may still succeed (a timeout): call `commit` again, never redo the batch.
+- `CommitUncertain`: the commit was asked for and may still succeed (`commit_transaction` or the offset commit
+  timed out): call `commit` again, never redo the batch. A timeout before that (`send_offsets_to_transaction`)
+  is a `RetryBatch`: nothing of the batch is committed until `commit_transaction`.
 - `RetryBatch`: the batch is certainly not committed (the sink has aborted it): run it again.
 - `PartitionsLost`: not committed, and the group moved on (generation or membership changed): drop the
   batch and rewind; whatever partitions are still ours are read again.
@@ -150,7 +152,8 @@ class Sink:
     def commit(self, offsets: list[TopicPartition]) -> None:
         """Make the batch's outputs durable together with `offsets` (the input positions after the batch; none
         for a timeout scan). Blocks on Kafka up to the sink's timeout. Returns once committed, or raises:
-        `CommitUncertain` (it may still succeed: call `commit` again, never redo nor abort the batch),
+        `CommitUncertain` (the commit itself was asked for and may still succeed: call `commit` again, never
+        redo nor abort the batch),
         `RetryBatch` (certainly not committed, already aborted: run the batch again) or `PartitionsLost` (not
         committed and the group moved on: drop the batch and rewind)."""
         raise NotImplementedError
@@ -340,7 +343,12 @@ class TransactionalSink(Sink):
                 self._unresolved = True
                 return
             raise RetryBatch(str(kafka_error)) from error
-        if kafka_error.txn_requires_abort():
+        if kafka_error.txn_requires_abort() or not self._committing:
+            # Before commit_transaction (a retriable error of send_offsets_to_transaction: "retriable but not
+            # resumable") nothing of this transaction can commit without us: abort it and redo the batch, or
+            # drop it if a partition moved meanwhile. Sending its offsets again later would attach them with
+            # the consumer's group metadata of then, which the coordinator accepts even for a partition that
+            # moved (it checks the member's generation, not the partition's owner).
             self._committing = False
             self.abort()
             if kafka_error.code() in GROUP_MOVED:

@@ -13,16 +13,21 @@ import pytest
 import redis
 from confluent_kafka import KafkaError
 from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from tests.support.kafka_fakes import (
     ABORTABLE,
+    ASSIGNMENT_LOST,
     FATAL,
     FENCED,
+    FENCED_MEMBER_EPOCH,
     ILLEGAL_GENERATION,
     PRODUCER_FENCED,
     REBALANCE_IN_PROGRESS,
+    STALE_MEMBER_EPOCH,
     STATE,
     TIMED_OUT,
+    UNKNOWN_MEMBER_ID,
     FakeConsumer,
     FakeKafka,
     FakeMessage,
@@ -153,9 +158,21 @@ def test_a_clean_batch_commits_its_records_with_its_offsets_and_is_settled_once(
     assert h.processor.times == [h.processor.times[0]] and h.processor.times[0] > 0
 
 
-@pytest.mark.parametrize("fault", [ILLEGAL_GENERATION, REBALANCE_IN_PROGRESS], ids=lambda e: e.name())
+@pytest.mark.parametrize(
+    "fault",
+    [
+        ILLEGAL_GENERATION,
+        REBALANCE_IN_PROGRESS,
+        UNKNOWN_MEMBER_ID,
+        STALE_MEMBER_EPOCH,  # KIP-848 from here on
+        FENCED_MEMBER_EPOCH,
+        ASSIGNMENT_LOST,
+    ],
+    ids=lambda e: e.name(),
+)
 def test_a_batch_dropped_because_the_group_moved_rewinds_its_partitions_still_assigned(fault: Any) -> None:
-    """Defect 1: without the seek, the next batch commits past the dropped messages."""
+    """Defect 1: without the seek, the next batch commits past the dropped messages. Issue 19: the KIP-848
+    member epoch errors and a member the coordinator no longer knows drop and rewind too."""
     h = Harness([])
     h.kafka.plan("send_offsets_to_transaction", fault)
     batch = [msg(0, 10), msg(1, 5), msg(0, 11)]
@@ -164,6 +181,26 @@ def test_a_batch_dropped_because_the_group_moved_rewinds_its_partitions_still_as
     assert sorted(h.consumer.seeks) == [(IN, 0, 10), (IN, 1, 5)]
     assert h.outputs() == [b"0:10", b"1:5", b"0:11"]
     assert h.kafka.group_offsets == {P0: 12, P1: 6}
+
+
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_a_zombie_is_fenced_by_the_group_coordinator(protocol: str) -> None:
+    """The claim "zombies are fenced by the group generation", on fakes that check it: while this member was
+    frozen the group moved on (a new generation, or member epoch, it has not seen yet): its offsets are refused
+    (ILLEGAL_GENERATION, STALE_MEMBER_EPOCH), the batch aborted and rewound; once the member caught up in the
+    next rebalance the batch commits once."""
+    h = Harness([], group_protocol=protocol)
+    h.kafka.protocol = protocol
+    batch = [msg(0, 10), msg(0, 11)]
+
+    def frozen() -> None:  # the coordinator moves on; the consumer learns of it only in its next rebalance
+        h.kafka.rebalance(h.consumer.member_id)
+
+    h.consumer.script.extend([h.assign(P0), frozen, batch, h.revoke(P0), h.assign(P0), list(batch)])
+    h.run()
+    assert h.consumer.seeks == [(IN, 0, 10)]
+    assert h.outputs() == [b"0:10", b"0:11"]
+    assert h.kafka.group_offsets == {P0: 12}
 
 
 def test_partitions_lost_while_a_batch_waits_rewind_only_what_is_still_assigned() -> None:
@@ -235,6 +272,31 @@ def test_a_timed_out_commit_is_called_again_until_definite_even_across_a_revoke(
     assert h.kafka.group_offsets == {P0: 12}
     assert len(h.processor.processed) == 2  # the first batch was not redone
     assert "abort_transaction" not in h.kafka.calls
+
+
+def test_a_timed_out_send_offsets_then_a_revoke_commits_nothing() -> None:
+    """Issue 19, defect 1: a retriable error from send_offsets_to_transaction was taken as "commit outcome
+    uncertain": the batch was kept through the revoke and its offsets sent again with the consumer's new group
+    metadata, which the coordinator accepts (it checks the generation, not who owns the partition), so the batch
+    committed next to the new owner's replay of it. Before commit_transaction nothing is pending: abort, and
+    drop the batch when its partition moved."""
+    h = Harness([])
+    h.kafka.plan("send_offsets_to_transaction", TIMED_OUT)
+    h.consumer.script.extend([h.assign(P0), [msg(0, 10)], h.revoke(P0)])
+    h.run()
+    assert h.outputs() == []
+    assert h.kafka.group_offsets == {}
+    assert h.processor.settled == []
+
+
+def test_a_timed_out_send_offsets_redoes_the_batch_once() -> None:
+    h = Harness([])
+    h.kafka.plan("send_offsets_to_transaction", TIMED_OUT)
+    h.consumer.script.extend([h.assign(P0), [msg(0, 10), msg(0, 11)]])
+    h.run()
+    assert h.outputs() == [b"0:10", b"0:11"]
+    assert h.kafka.group_offsets == {P0: 12}
+    assert len(h.processor.processed) == 2  # run again: nothing of the first attempt was kept
 
 
 def test_a_timed_out_commit_that_then_fails_drops_the_batch_and_rewinds_it() -> None:
@@ -316,6 +378,22 @@ def test_a_stop_while_a_batch_waits_drops_it_and_rewinds_it() -> None:
     h.run()
     assert h.outputs() == []
     assert h.consumer.seeks == [(IN, 0, 10)]
+    assert h.consumer.closed
+
+
+def test_a_stop_while_a_commit_is_uncertain_exits_as_a_crash_would_after_half_the_shutdown_timeout() -> None:
+    """The crash-point table's SIGTERM row: a commit whose outcome is unknown is asked again for at most half of
+    the shutdown timeout, then the loop ends without settling (the coordinator finishes or aborts the
+    transaction; the next owner replays whatever did not commit)."""
+    h = Harness([], shutdown_timeout_seconds=2)
+    h.kafka.plan("commit_transaction", *[TIMED_OUT] * 1000)
+    h.consumer.script.extend([h.assign(P0), [msg(0, 10)], h.loop.stop])
+    with capture_logs() as logs:
+        h.run()
+    assert [e for e in logs if e["event"] == "batch_outcome_unknown_at_stop"] != []
+    assert h.processor.settled == []
+    assert h.outputs() == [] and h.kafka.group_offsets == {}
+    assert "abort_transaction" not in h.kafka.calls  # a commit in progress is never aborted
     assert h.consumer.closed
 
 
