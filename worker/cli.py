@@ -21,6 +21,7 @@ from worker.ops import check, dlq, validate
 
 def cmd_run(args: argparse.Namespace) -> int:
     from worker.consumer import app
+    from worker.consumer.loop import RewindFailed
     from worker.consumer.supervisor import Supervisor, container_processes
 
     logs.configure(os.environ.get("WORKER_LOG_LEVEL", "INFO").upper())
@@ -36,6 +37,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         server = worker.health_server.start()
         try:
             worker.loop.run()
+        except RewindFailed:  # logged; the member has left the group: a restart replays from the committed offsets
+            return 1
         finally:
             server.stop()
     return 0

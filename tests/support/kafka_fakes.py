@@ -350,6 +350,8 @@ class FakeConsumer:
         self.paused -= {(tp.topic, tp.partition) for tp in partitions}
 
     def seek(self, tp: TopicPartition) -> None:
+        if fault := self.kafka._fault("seek"):
+            raise KafkaException(fault.error)
         if (tp.topic, tp.partition) not in self.assigned:
             raise KafkaException(error(KafkaError._UNKNOWN_PARTITION))
         self.seeks.append((tp.topic, tp.partition, tp.offset))

@@ -36,7 +36,7 @@ from tests.support.kafka_fakes import (
 )
 from worker.config import Settings
 from worker.consumer.health import Health
-from worker.consumer.loop import Loop
+from worker.consumer.loop import Loop, RewindFailed
 from worker.consumer.sinks import AtLeastOnceSink, Sink, TransactionalId, TransactionalSink
 from worker.processing.deadletter import dead_letter_fields
 from worker.processing.processor import BatchResult, Output
@@ -201,6 +201,20 @@ def test_a_zombie_is_fenced_by_the_group_coordinator(protocol: str) -> None:
     assert h.consumer.seeks == [(IN, 0, 10)]
     assert h.outputs() == [b"0:10", b"0:11"]
     assert h.kafka.group_offsets == {P0: 12}
+
+
+def test_a_failed_rewind_stops_the_loop_before_anything_commits_past_the_dropped_batch() -> None:
+    """Issue 19, defect 9: `_drop` logged rewind_failed and went on, so the next batch (fetched from past the
+    dropped one) committed offsets past messages that were never committed. Now the loop stops (the process
+    exits non-zero, the member leaves, the partition is replayed from its committed offset)."""
+    h = Harness([])
+    h.kafka.plan("send_offsets_to_transaction", ILLEGAL_GENERATION)
+    h.kafka.plan("seek", error(KafkaError._STATE))
+    h.consumer.script.extend([h.assign(P0), [msg(0, 10), msg(0, 11)], [msg(0, 12)]])
+    with pytest.raises(RewindFailed):
+        h.run()
+    assert h.outputs() == [] and h.kafka.group_offsets == {}
+    assert h.consumer.closed
 
 
 def test_partitions_lost_while_a_batch_waits_rewind_only_what_is_still_assigned() -> None:
