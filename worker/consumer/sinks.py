@@ -23,6 +23,7 @@ transaction either way, and then the group's committed offsets tell: at the batc
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -259,8 +260,13 @@ class TransactionalSink(Sink):
         dlq_topic: str,
         new_producer: NewProducer,
         ids: TransactionalId,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._ids = ids
+        """`clock`: monotonic seconds, to tell a fencing by the coordinator's transaction timeout from a twin's."""
+        self._ids, self._clock = ids, clock
+        # librdkafka's default; the coordinator aborts a transaction open longer (and bumps the producer's epoch)
+        self._transaction_timeout = int(config.get("transaction.timeout.ms", 60_000)) / 1000
+        self._began = 0.0  # when the open transaction began
         super().__init__(config, consumer, timeout, dlq_topic, new_producer)
         self._ready = False  # init_transactions done for the current producer
         self._open = False  # a transaction is begun and neither committed nor aborted
@@ -289,7 +295,7 @@ class TransactionalSink(Sink):
                 self._producer.abort_transaction(self._timeout)
                 self._open = False
             self._producer.begin_transaction()
-            self._open, self._offsets_sent = True, False
+            self._open, self._offsets_sent, self._began = True, False, self._clock()
         except KafkaException as error:
             self._not_sent(error)
 
@@ -389,9 +395,14 @@ class TransactionalSink(Sink):
 
     def _renew(self, error: KafkaError) -> None:
         """A fatal producer error (fenced, epoch bumped): a new producer, with a new transactional.id if the
-        old one is shared (see `TransactionalId`)."""
+        old one is shared (see `TransactionalId`). A transaction open longer than `transaction.timeout.ms` was
+        aborted by the coordinator, which bumped the epoch: librdkafka reports that as the same `_FENCED`, but
+        no other producer is involved, so the id is kept (a restart with it aborts what is open at once)."""
         log.warning("producer_fatal_error", error=str(error), code=error.name())
-        if error.code() in FENCING:
+        open_s = self._clock() - self._began if self._open else 0.0
+        if error.code() in FENCING and open_s >= self._transaction_timeout:
+            log.warning("transaction_timed_out", open_s=round(open_s, 1), timeout_s=self._transaction_timeout)
+        elif error.code() in FENCING:
             self._ids.fenced()
         self._producer = self._new_producer(self._producer_config())
         self._ready = self._open = self._committing = self._offsets_sent = False

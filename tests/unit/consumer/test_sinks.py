@@ -9,6 +9,7 @@ from structlog.testing import capture_logs
 from tests.support.kafka_fakes import (
     ABORTABLE,
     FATAL,
+    FENCED,
     ILLEGAL_GENERATION,
     PRODUCER_FENCED,
     TIMED_OUT,
@@ -132,3 +133,36 @@ def test_at_least_once_commit_errors() -> None:
             sink.commit(OFFSETS)
     sink.commit(OFFSETS)
     assert kafka.group_offsets == {("in", 0): 11}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_fencing_after_the_transaction_timeout_keeps_the_default_id() -> None:
+    """Issue 19, defect 9: a transaction left open longer than transaction.timeout.ms (the process was frozen) is
+    aborted by the coordinator, which bumps the producer's epoch: the next call fails with the same fatal
+    _FENCED as a twin's fencing. Taking a unique id then (the twin fallback) left a later restart unable to
+    abort this process's open transaction at once. A fencing of a transaction older than the timeout keeps
+    the id; a younger one is a twin's."""
+    kafka = FakeKafka()
+    clock = Clock()
+    ids = TransactionalId("group-host-1", configured=False)
+    config = {"transaction.timeout.ms": 10_000}
+    sink = TransactionalSink(config, FakeConsumer(kafka), 1.0, "dlq", kafka.new_producer, ids, clock)
+    kafka.plan("commit_transaction", FENCED, FENCED)
+    sent(sink)
+    clock.now += 10.0  # frozen as long as the transaction timeout: the coordinator aborted it
+    with capture_logs() as logs, pytest.raises(RetryBatch):
+        sink.commit(OFFSETS)
+    assert kafka.producers[-1].config["transactional.id"] == "group-host-1"
+    assert [e for e in logs if e["event"] == "transaction_timed_out"] != []
+    sent(sink)
+    clock.now += 1.0  # a young transaction fenced: another producer uses the id
+    with pytest.raises(RetryBatch):
+        sink.commit(OFFSETS)
+    assert kafka.producers[-1].config["transactional.id"].startswith("group-host-1-")
