@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     # A change whose timeout command was sent gets another one after this, if it is still open by then.
     flush_lease_seconds: float = Field(60, gt=0)
     transactional_id: str = ""
+    # Set by the supervisor (WORKER_PROCESSES > 1) for each child: its slot, which replaces the pid in the
+    # default transactional id, so a child restarted in its slot fences its previous self.
+    process_index: int | None = Field(None, ge=0)
     # Worker processes in this container (worker/consumer/supervisor.py); "auto": one per core of its CPU quota.
     processes: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = 1
     # "topic=ums,other=cloudevents": input topics whose format is fixed; the others detect it per message.
@@ -205,9 +208,11 @@ class Settings(BaseSettings):
         return config | fixed, warnings
 
     def effective_transactional_id(self) -> str:
-        """Stable across restarts of one pod (hostname) and unique per process on one host (pid), except for
-        host-network pods (one hostname, pid 1 each): see `worker.consumer.sinks.TransactionalId`."""
-        return self.transactional_id or f"{self.group_id}-{socket.gethostname()}-{os.getpid()}"
+        """Stable across restarts of one pod (hostname) and unique per process on one host (pid, or the
+        supervisor's slot), except for host-network pods (one hostname, pid 1 each): see
+        `worker.consumer.sinks.TransactionalId`."""
+        process = os.getpid() if self.process_index is None else self.process_index
+        return self.transactional_id or f"{self.group_id}-{socket.gethostname()}-{process}"
 
 
 def _kafka_variables(role: Role, environ: Mapping[str, str] | None) -> dict[str, tuple[str, str]]:
