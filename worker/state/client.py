@@ -27,10 +27,17 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from worker.config import Settings
 
+STATE_MISSING = "STATE_MISSING"  # the prefix of a script's error reply for missing state (see `StateMissing`)
 Arg = str | int | float | bytes
 Call = tuple[Sequence[str], Sequence[Arg]]  # (keys, args)
 Command = tuple[Arg, ...]
 Client = redis.Redis | RedisCluster
+
+
+class StateMissing(redis.RedisError):
+    """Redis state that a script needs is gone or not what the scripts write (a key deleted, or evicted by a
+    `maxmemory-policy` other than noeviction): a Redis failure, so the batch is retried, `/readyz` answers
+    503 and the error names the key. It does not heal by itself: see the README's troubleshooting."""
 
 
 class ReplicasBehind(redis.RedisError):
@@ -153,6 +160,8 @@ class LuaScript:
             for i, result in zip(missing, self._send([calls[i] for i in missing]), strict=True):
                 results[i] = result
         for result in results:
+            if isinstance(result, ResponseError) and str(result).startswith(STATE_MISSING):
+                raise StateMissing(str(result)) from result
             if isinstance(result, Exception):
                 raise result
         return results
