@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     redis_cluster: bool = False  # WORKER_REDIS_URL names one node of a Redis Cluster: use a cluster client
     # Replicas that must acknowledge a batch's Redis writes (WAIT) before its Kafka commit; 0: no wait.
     redis_min_replicas: int = Field(0, ge=0)
+    # Start even when Redis has a maxmemory-policy that evicts keys (the worker refuses by default: an evicted
+    # claim or change loses or repeats records). Only for a Redis that is known never to reach maxmemory.
+    redis_allow_eviction: bool = False
     metrics_port: int = Field(9400, ge=0, le=65535)
     dedupe_ttl_seconds: int = Field(86_400, gt=0)
     batch_timeout_seconds: float = Field(900, gt=0)

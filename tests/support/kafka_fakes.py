@@ -165,6 +165,7 @@ class FakeProducer:
         self.abort_blocks: threading.Event | None = None  # abort_transaction waits for this when set
         self.epoch = 0  # of its transactional.id, from init_transactions
         self.closed = False
+        self.calls: list[str] = []  # purge, flush and close, in order
 
     def _check(self, call: str) -> Fault | None:
         if self.closed:
@@ -222,6 +223,7 @@ class FakeProducer:
         return ok
 
     def flush(self, timeout: float = -1) -> int:
+        self.calls.append("flush")
         if not self.transactional:
             delivered = self._deliver()
             if delivered:
@@ -230,9 +232,11 @@ class FakeProducer:
         return 0
 
     def purge(self, in_queue: bool = True, in_flight: bool = True, blocking: bool = True) -> None:
+        self.calls.append("purge")
         self.pending = []
 
     def close(self) -> bool:
+        self.calls.append("close")
         self.closed = True
         return True
 

@@ -40,6 +40,7 @@ from worker.consumer.kafka import KafkaConsumer, KafkaMessage
 from worker.consumer.metrics import TenantMetrics
 from worker.consumer.sinks import CommitUncertain, PartitionsLost, RetryBatch, Sink, first_offsets, offsets_after
 from worker.processing.processor import BatchResult
+from worker.state.client import StateMissing
 
 log = structlog.get_logger("worker.consumer.loop")
 
@@ -124,11 +125,15 @@ class Loop:
         processor: Processor,
         health: Health,
         clock: Clock,
+        report: Callable[[], None] = lambda: None,
     ) -> None:
-        """`consumer`: not yet subscribed; the loop subscribes it and owns it from then on."""
+        """`consumer`: not yet subscribed; the loop subscribes it and owns it from then on. `report`: called
+        between batches every `LAG_INTERVAL_S` with the lag report, for gauges read from elsewhere (Redis
+        memory); must not raise."""
         self.settings = settings
         self.health = health
         self._consumer, self._sink, self._processor, self._clock = consumer, sink, processor, clock
+        self._report = report
         self._tenant_metrics = TenantMetrics()
         self._stopping = threading.Event()
         self._stop_by: float | None = None  # when the shutdown must be over
@@ -181,6 +186,7 @@ class Loop:
                 if now >= next_lag:
                     next_lag = now + LAG_INTERVAL_S
                     self._report_lag()
+                    self._report()
         finally:
             self._shutdown()
 
@@ -219,7 +225,8 @@ class Loop:
             cause = "redis" if isinstance(failure, redis.RedisError) else "kafka"
             metrics.RETRIES.labels(cause).inc()
             self.health.retry(f"{cause}: {failure}")
-            log.warning(
+            # Missing Redis state does not heal by itself: an error, naming the key, for whoever is paged.
+            (log.error if isinstance(failure, StateMissing) else log.warning)(
                 "batch_retry",
                 cause=cause,
                 error=str(failure),

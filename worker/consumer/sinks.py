@@ -165,7 +165,22 @@ class Sink:
 
     def close(self, timeout: float) -> None:
         """At shutdown, within `timeout` seconds: end what is open, deliver what was queued."""
-        self._producer.flush(timeout)
+        if self._producer.flush(timeout) == 0:
+            self._producer.close()  # else the process exits with it: close() would wait for the rest without limit
+
+    def _replace_producer(self) -> None:
+        """A new producer after a fatal error. The old one is closed first, deliberately, never left to the
+        garbage collector: dropping a fenced producer with deliveries in flight (its last reference gone, so
+        destroyed wherever that happened) corrupted the heap (issue 19, defect 6). The order librdkafka
+        documents: purge what is queued and in flight, serve the purged messages' delivery reports (`flush`
+        polls), then close (`rd_kafka_destroy`). Nothing of it counts: the batch is aborted or resolved anyway."""
+        old = self._producer
+        old.purge(in_queue=True, in_flight=True, blocking=True)
+        if pending := old.flush(self._timeout):
+            log.warning("old_producer_not_drained", pending=pending)  # close() waits for librdkafka's timeouts
+        old.close()
+        self._error = None  # the purged deliveries' reports belong to the old producer
+        self._producer = self._new_producer(self._producer_config())
 
     def _produce(self, out: Output) -> None:
         while True:
@@ -247,7 +262,7 @@ class AtLeastOnceSink(Sink):
     def _not_sent(self, error: KafkaException) -> None:
         if error.args[0].fatal():  # the idempotent producer gave up its guarantees: a new one
             log.warning("producer_fatal_error", error=str(error.args[0]))
-            self._producer = self._new_producer(self._producer_config())
+            self._replace_producer()
         super()._not_sent(error)
 
 
@@ -404,7 +419,7 @@ class TransactionalSink(Sink):
             log.warning("transaction_timed_out", open_s=round(open_s, 1), timeout_s=self._transaction_timeout)
         elif error.code() in FENCING:
             self._ids.fenced()
-        self._producer = self._new_producer(self._producer_config())
+        self._replace_producer()
         self._ready = self._open = self._committing = self._offsets_sent = False
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
@@ -86,6 +87,34 @@ def server_version(client: Client) -> int:
         return 0
     nodes = [info] if "redis_version" in info else [v for v in info.values() if isinstance(v, dict)]
     return min((int(str(node.get("redis_version", "0")).split(".")[0]) for node in nodes), default=0)
+
+
+# The one maxmemory-policy under which Redis never drops the worker's state: at maxmemory it refuses writes
+# instead (an OOM error reply, retried by the worker like an outage). Every other policy evicts keys: dedupe
+# claims (copies emitted again) or parts of open changes (users lost, or `StateMissing` for good).
+NO_EVICTION = "noeviction"
+
+
+@dataclass(frozen=True)
+class Memory:
+    """One primary's memory (INFO memory): `maxmemory` 0 means no limit."""
+
+    node: str
+    used: int
+    maxmemory: int
+    policy: str
+
+
+def memory(client: Client) -> list[Memory]:
+    """Memory of every primary behind the client (one for a single server). Raises `redis.RedisError`
+    (`ResponseError` where INFO is denied)."""
+    out = []
+    for node in primaries(client):
+        info = on_node(client, node, "INFO", "memory")
+        name = "redis" if node is None else str(node.name)
+        used, limit = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+        out.append(Memory(name, used, limit, str(info.get("maxmemory_policy", ""))))
+    return out
 
 
 def pipelined(client: Client, commands: Sequence[Command]) -> list[Any]:

@@ -40,6 +40,7 @@ from worker.consumer.loop import Loop, RewindFailed
 from worker.consumer.sinks import AtLeastOnceSink, Sink, TransactionalId, TransactionalSink
 from worker.processing.deadletter import dead_letter_fields
 from worker.processing.processor import BatchResult, Output
+from worker.state.client import StateMissing
 
 IN, OUT, DLQ = "in", "out", "dlq"
 P0, P1 = (IN, 0), (IN, 1)
@@ -437,6 +438,29 @@ def test_lag_is_measured_from_the_committed_offsets_not_the_position() -> None:
     h.consumer.high[P0] = 120
     h.run()
     assert REGISTRY.get_sample_value("worker_consumer_lag", {"topic": IN, "partition": "0"}) == 80
+
+
+def test_missing_redis_state_is_retried_like_an_outage_and_logged_as_an_error_naming_the_key() -> None:
+    """Issue 19, defect 3: an evicted `…:users` hash made the close path raise TypeError out of
+    Processor.process, which ended the loop of every owner of the partition in turn. Missing state is a named
+    Redis error now: the batch waits and is retried, /readyz fails meanwhile, the log names the key."""
+    h = Harness([])
+    missing = StateMissing("STATE_MISSING gew:change:{c1}:users: user u1 of a chunk has no carrier")
+    h.processor.failures.extend([missing, missing])
+    not_ready: list[str | None] = []  # what /readyz reports during the back-off's polls
+
+    def idle() -> None:
+        not_ready.append(h.health.retrying)
+        h._idle()
+
+    h.consumer.script.extend([h.assign(P0), [msg(0, 10)]])
+    h.consumer.on_idle = idle
+    with capture_logs() as logs:
+        h.run()
+    errors = [e for e in logs if e["event"] == "batch_retry" and e["log_level"] == "error"]
+    assert len(errors) == 2 and "gew:change:{c1}:users" in errors[0]["error"]
+    assert "redis: STATE_MISSING gew:change:{c1}:users" in str(not_ready[0])
+    assert h.outputs() == [b"0:10"] and h.kafka.group_offsets == {P0: 11}
 
 
 def test_retries_are_counted_by_cause() -> None:

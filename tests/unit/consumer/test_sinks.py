@@ -166,3 +166,22 @@ def test_a_fencing_after_the_transaction_timeout_keeps_the_default_id() -> None:
     with pytest.raises(RetryBatch):
         sink.commit(OFFSETS)
     assert kafka.producers[-1].config["transactional.id"].startswith("group-host-1-")
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+def test_a_producer_replaced_after_a_fatal_error_is_closed_first(guarantee: str) -> None:
+    """Issue 19, defect 6: the old producer was dropped for the garbage collector to destroy."""
+    kafka = FakeKafka()
+    consumer = FakeConsumer(kafka)
+    sink: TransactionalSink | AtLeastOnceSink
+    if guarantee == "exactly_once":
+        sink = transactional(kafka)
+        kafka.plan("commit_transaction", PRODUCER_FENCED)
+    else:
+        sink = AtLeastOnceSink({}, consumer, 1.0, "dlq", kafka.new_producer)
+        kafka.plan("produce", FATAL)
+    with pytest.raises(RetryBatch):
+        sent(sink).commit(OFFSETS)
+    old, new = kafka.producers
+    assert old.closed and not new.closed
+    assert "purge" in old.calls and old.calls.index("purge") < old.calls.index("close")
