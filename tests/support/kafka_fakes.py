@@ -209,7 +209,11 @@ class FakeProducer:
         self.pending.append((topic, key, value, list(kw.get("headers") or [])))
 
     def poll(self, timeout: float = -1) -> int:
+        self.calls.append("poll")
         return 0
+
+    def __len__(self) -> int:
+        return 0 if self.transactional else len(self.pending)
 
     def _deliver(self) -> bool:
         """Delivery reports of the pending messages; False if any failed on the broker (message too large)."""

@@ -23,8 +23,10 @@ transaction either way, and then the group's committed offsets tell: at the batc
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -165,20 +167,22 @@ class Sink:
 
     def close(self, timeout: float) -> None:
         """At shutdown, within `timeout` seconds: end what is open, deliver what was queued."""
-        if self._producer.flush(timeout) == 0:
-            self._producer.close()  # else the process exits with it: close() would wait for the rest without limit
+        if not _drain(self._producer, timeout):  # else the process exits with it: close() would wait without limit
+            _close(self._producer)
 
     def _replace_producer(self) -> None:
         """A new producer after a fatal error. The old one is closed first, deliberately, never left to the
-        garbage collector: dropping a fenced producer with deliveries in flight (its last reference gone, so
-        destroyed wherever that happened) corrupted the heap (issue 19, defect 6). The order librdkafka
-        documents: purge what is queued and in flight, serve the purged messages' delivery reports (`flush`
-        polls), then close (`rd_kafka_destroy`). Nothing of it counts: the batch is aborted or resolved anyway."""
+        garbage collector (issue 19, defect 6: a worker whose fenced producer was dropped died of heap
+        corruption; `tests/integration/consumer/fence_loop.py` reproduced it). The order librdkafka documents:
+        purge what is queued and in flight, serve the purged messages' delivery reports (poll), then close
+        (rd_kafka_destroy). The fatal error surfaces once, at the first poll: confluent-kafka raises it there,
+        and a `flush` that serves it goes on calling callbacks with the exception set (SystemError). Nothing
+        of the old producer counts: its batch is aborted or resolved anyway."""
         old = self._producer
         old.purge(in_queue=True, in_flight=True, blocking=True)
-        if pending := old.flush(self._timeout):
+        if pending := _drain(old, self._timeout):
             log.warning("old_producer_not_drained", pending=pending)  # close() waits for librdkafka's timeouts
-        old.close()
+        _close(old)
         self._error = None  # the purged deliveries' reports belong to the old producer
         self._producer = self._new_producer(self._producer_config())
 
@@ -421,6 +425,25 @@ class TransactionalSink(Sink):
             self._ids.fenced()
         self._replace_producer()
         self._ready = self._open = self._committing = self._offsets_sent = False
+
+
+def _drain(producer: KafkaProducer, timeout: float) -> int:
+    """Serve `producer`'s delivery reports and events until none is left or `timeout` passed; what is left. A
+    fatal error raised by a poll is the one the sink already handled (or a last one at shutdown): served."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(KafkaException):
+            producer.poll(min(0.1, max(0.0, deadline - time.monotonic())))
+        if not (left := len(producer)) or time.monotonic() >= deadline:
+            return left
+
+
+def _close(producer: KafkaProducer) -> None:
+    """Destroy the client and its threads. Its open transaction, if any, is aborted by close() or by the next
+    producer's init_transactions; a fenced one cannot abort (confluent-kafka warns: expected, not shown)."""
+    with warnings.catch_warnings(), contextlib.suppress(KafkaException):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        producer.close()
 
 
 def _identity(out: Output) -> OutputId:
