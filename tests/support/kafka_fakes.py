@@ -210,6 +210,8 @@ class FakeProducer:
 
     def poll(self, timeout: float = -1) -> int:
         self.calls.append("poll")
+        if fault := self._check("poll"):  # an error event served here: confluent-kafka raises a fatal one
+            raise KafkaException(fault.error)
         return 0
 
     def __len__(self) -> int:
@@ -228,6 +230,8 @@ class FakeProducer:
 
     def flush(self, timeout: float = -1) -> int:
         self.calls.append("flush")
+        if fault := self._check("flush"):  # flush polls: a fatal error event is raised there
+            raise KafkaException(fault.error)
         if not self.transactional:
             delivered = self._deliver()
             if delivered:

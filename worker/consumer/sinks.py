@@ -28,7 +28,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
@@ -150,7 +150,15 @@ class Sink:
                 produce(out.topic, out.value, out.key, headers=out.headers)
             except (BufferError, KafkaException):
                 self._produce(out)  # nothing was queued: the loop below waits, retries or stubs it
-        self._producer.poll(0)
+        self._poll(0)
+
+    def _poll(self, timeout: float) -> None:
+        """Serve delivery reports. A fatal error is raised by the poll that serves it (a fencing often
+        surfaces here, after the produce calls): the batch is not sent."""
+        try:
+            self._producer.poll(timeout)
+        except KafkaException as error:
+            self._not_sent(error)
 
     def commit(self, offsets: list[TopicPartition]) -> None:
         """Make the batch's outputs durable together with `offsets` (the input positions after the batch; none
@@ -192,13 +200,13 @@ class Sink:
                 self._producer.produce(out.topic, out.value, out.key, headers=out.headers)
                 return
             except BufferError:  # local queue full: let deliveries drain
-                self._producer.poll(0.05)
+                self._poll(0.05)
             except KafkaException as error:
                 if error.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE or out.value is None:
                     self._not_sent(error)
                 out = self._stub(out, "the producer's message.max.bytes")
 
-    def _not_sent(self, error: KafkaException) -> None:
+    def _not_sent(self, error: KafkaException) -> NoReturn:
         """A produce call failed for another reason than size: the batch is not committed; raises."""
         raise RetryBatch(str(error.args[0])) from error
 
@@ -241,7 +249,10 @@ class AtLeastOnceSink(Sink):
         return {**self._config, "enable.idempotence": True, "acks": "all"}
 
     def commit(self, offsets: list[TopicPartition]) -> None:
-        remaining = self._producer.flush(self._timeout)
+        try:
+            remaining = self._producer.flush(self._timeout)
+        except KafkaException as error:  # a fatal error, raised by the poll that serves it
+            self._not_sent(error)
         if self._error is not None:
             raise RetryBatch(f"output not delivered: {self._error}")
         if remaining:
@@ -260,10 +271,11 @@ class AtLeastOnceSink(Sink):
 
     def abort(self, timeout: float | None = None) -> None:
         self._producer.purge(in_queue=True, in_flight=False, blocking=False)
-        self._producer.poll(0)
+        with contextlib.suppress(KafkaException):  # a fatal error stays: the next produce raises it again
+            self._producer.poll(0)
         self._error = None
 
-    def _not_sent(self, error: KafkaException) -> None:
+    def _not_sent(self, error: KafkaException) -> NoReturn:
         if error.args[0].fatal():  # the idempotent producer gave up its guarantees: a new one
             log.warning("producer_fatal_error", error=str(error.args[0]))
             self._replace_producer()
@@ -404,7 +416,7 @@ class TransactionalSink(Sink):
         if behind:
             raise RetryBatch(f"the fatal error came before the commit: group offsets {behind}")
 
-    def _not_sent(self, error: KafkaException) -> None:
+    def _not_sent(self, error: KafkaException) -> NoReturn:
         kafka_error: KafkaError = error.args[0]
         if kafka_error.fatal():
             self._renew(kafka_error)

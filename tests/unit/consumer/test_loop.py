@@ -243,6 +243,25 @@ def test_a_fenced_producer_is_replaced_and_the_batch_retried_not_dropped(fault: 
     assert h.consumer.seeks == []
 
 
+@pytest.mark.parametrize(
+    ("guarantee", "call", "fault"),
+    [("exactly_once", "poll", FENCED), ("at_least_once", "poll", FATAL), ("at_least_once", "flush", FATAL)],
+)
+def test_a_fatal_error_that_surfaces_at_a_poll_is_a_retry_with_a_new_producer(
+    guarantee: str, call: str, fault: Any
+) -> None:
+    """Issue 19 (seen in the fencing reproduction): confluent-kafka raises a fatal error at the poll that serves
+    it (the poll of `send` after the produce calls, or the polls of the at-least-once flush); it escaped the
+    loop, which ended the process."""
+    h = Harness([], guarantee)
+    h.kafka.plan(call, fault)
+    h.consumer.script.extend([h.assign(P0), [msg(0, 10), msg(0, 11)]])
+    h.run()
+    assert len(h.kafka.producers) == 2
+    assert h.outputs() == [b"0:10", b"0:11"]
+    assert h.kafka.group_offsets == {P0: 12}
+
+
 def test_a_process_fenced_with_the_default_id_takes_a_unique_id_for_its_next_producer() -> None:
     h = Harness([])
     h.kafka.plan("commit_transaction", PRODUCER_FENCED)

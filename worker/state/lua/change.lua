@@ -110,8 +110,15 @@ local meta = redis.call('HMGET', meta_key, 'info', 'final', 'timed_out', 'late_f
 local info, final_tag, timeout_tag = meta[1], meta[2], meta[3]
 local closed = final_tag or timeout_tag
 local late_from, next_start = tonumber(meta[4]), tonumber(meta[5])
-if closed and not (late_from and next_start) then
-  missing(meta_key, 'a closed change without late_from or next')
+local collected  -- users collected so far (LLEN of the order list), read where needed
+if closed then
+  collected = redis.call('LLEN', order_key)
+  if not (info and late_from and next_start) then
+    missing(meta_key, 'a closed change without its info, late_from or next')
+  end
+  if collected < math.max(late_from, next_start) then  -- the order list only grows
+    missing(order_key, collected .. ' users, fewer than the close collected (' .. late_from .. ')')
+  end
 end
 
 -- The users of a part that no earlier part carried (`carriers[i]`: who carried part_users[i], if any), each
@@ -153,7 +160,7 @@ if op == 'part' then
     end
     return out
   end
-  local collected = redis.call('LLEN', order_key)
+  collected = collected or redis.call('LLEN', order_key)
   local new_fields, new_users = newcomers(part_users, event_id, hmget(users_key, part_users))
   local total = collected + #new_users
   hset(users_key, new_fields)
@@ -172,7 +179,7 @@ if op == 'part' then
   return nothing()
 end
 
-local total = redis.call('LLEN', order_key)
+local total = collected or redis.call('LLEN', order_key)
 if op == 'timeout' then
   if not info or closed then  -- unknown (never seen, or its state expired), or closed by another message
     return nothing()
