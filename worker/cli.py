@@ -16,7 +16,7 @@ from worker import __version__, logs
 from worker.config import ConfigError, Settings, describe_errors, load_settings
 from worker.local import demo
 from worker.local.samples import samples
-from worker.ops import check, dlq, validate
+from worker.ops import check, dlq, topics, validate
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -26,6 +26,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     logs.configure(os.environ.get("WORKER_LOG_LEVEL", "INFO").upper())
     with demo.stack(args.embedded) as settings, demo.ingest_for_run(args.embedded, settings):
+        try:
+            topics.prepare_run(settings)
+        except topics.Refusal as refusal:
+            print(f"refusing to start: {refusal}", file=sys.stderr)
+            return 1
         if (processes := container_processes(settings.processes)) > 1:
             return Supervisor(settings, processes).run()
         try:
@@ -48,7 +53,13 @@ def cmd_ingest(_args: argparse.Namespace) -> int:
     from worker.ingest.server import serve
 
     logs.configure(os.environ.get("WORKER_LOG_LEVEL", "INFO").upper())
-    return serve(load_settings())
+    settings = load_settings()
+    try:
+        topics.prepare_ingest(settings)
+    except topics.Refusal as refusal:
+        print(f"refusing to start: {refusal}", file=sys.stderr)
+        return 1
+    return serve(settings)
 
 
 def cmd_sample_events(_args: argparse.Namespace) -> int:

@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     # The worker group's own commands (timeout flushes, continuations of large changes), keyed by change id:
     # the owner of a command's partition runs it in the transaction that commits the command's offset.
     control_topic: str = "group-events-worker.control"
+    # When the control topic is missing, `run` creates it: 0 partitions means as many as the input topic with
+    # the most; replication -1 means the broker's default.replication.factor.
+    control_topic_partitions: int = Field(0, ge=0)
+    control_topic_replication: int = Field(-1, ge=-1)
     group_id: str = "group-events-worker"
     redis_url: str = "redis://localhost:6379/0"
     redis_cluster: bool = False  # WORKER_REDIS_URL names one node of a Redis Cluster: use a cluster client

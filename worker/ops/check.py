@@ -13,6 +13,7 @@ from confluent_kafka.admin import AdminClient
 
 from worker.config import Settings
 from worker.ops.dlq import QUIET
+from worker.ops.topics import worker_topics
 from worker.state.client import NO_EVICTION, Client, memory, on_node, primaries, redis_client
 
 
@@ -59,10 +60,7 @@ def check_kafka(settings: Settings, timeout: float, report: Report) -> None:
     report.ok(f"Kafka at {bootstrap} answers, {len(metadata.brokers)} broker(s)")
     if overlap := set(settings.input_topics) & {settings.output_topic, settings.dlq_topic, settings.control_topic}:
         report.problem(f"topic(s) {sorted(overlap)} are both input and output — fix WORKER_INPUT_TOPICS")
-    roles = [("input", name, "WORKER_INPUT_TOPICS") for name in settings.input_topics]
-    roles += [("output", settings.output_topic, "WORKER_OUTPUT_TOPIC"), ("DLQ", settings.dlq_topic, "WORKER_DLQ_TOPIC")]
-    roles.append(("control", settings.control_topic, "WORKER_CONTROL_TOPIC"))
-    for role, name, variable in roles:
+    for role, name, variable in worker_topics(settings):
         topic = metadata.topics.get(name)
         if topic is None or topic.error is not None or not topic.partitions:
             report.problem(f"{role} topic {name!r} does not exist — create it or fix {variable}")
