@@ -50,14 +50,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(_args: argparse.Namespace) -> int:
-    from worker.ingest.server import serve
+    from worker.ingest.server import refusal, serve
 
     logs.configure(os.environ.get("WORKER_LOG_LEVEL", "INFO").upper())
     settings = load_settings()
     try:
-        topics.prepare_ingest(settings)
-    except topics.Refusal as refusal:
-        print(f"refusing to start: {refusal}", file=sys.stderr)
+        if refusal(settings) is None:  # else serve() says why at once, without waiting for Kafka
+            topics.prepare_ingest(settings)
+    except topics.Refusal as missing:
+        print(f"refusing to start: {missing}", file=sys.stderr)
         return 1
     return serve(settings)
 

@@ -147,7 +147,7 @@ class Processor:
             else:
                 record = group_change(event)
                 self._emit(result, record)
-                if (count := counted(record)) is not None:
+                if (count := counted(record, tag)) is not None:
                     group_counts.append(count)
 
         for (info, _part), closed in zip(parts, self._changes.apply_parts(parts, now_ms), strict=True):

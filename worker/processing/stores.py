@@ -147,16 +147,20 @@ class MemoryChangeStore:
 @dataclass
 class MemoryTenantGroups:
     groups: dict[str, set[str]] = field(default_factory=dict)  # tenant -> live group ids
+    applied: dict[tuple[str, str], int] = field(default_factory=dict)  # (tenant, tag) -> the size it gave
 
     def apply(self, changes: Sequence[GroupCount]) -> list[int]:
         sizes = []
         for change in changes:
-            live = self.groups.setdefault(change.tenant_id, set())
-            if change.created:
-                live.add(change.group_id)
-            else:
-                live.discard(change.group_id)
-            sizes.append(len(live))
+            key = change.tenant_id, change.tag
+            if key not in self.applied:
+                live = self.groups.setdefault(change.tenant_id, set())
+                if change.created:
+                    live.add(change.group_id)
+                else:
+                    live.discard(change.group_id)
+                self.applied[key] = len(live)
+            sizes.append(self.applied[key])
         return sizes
 
 
