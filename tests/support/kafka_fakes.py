@@ -321,17 +321,18 @@ class FakeConsumer:
     # ---- test controls ----
 
     def assign(self, *tps: TP) -> None:
-        self._rebalance()
+        self.rebalance()
         self.assigned += [tp for tp in tps if tp not in self.assigned]
         self.callbacks["on_assign"](self, [TopicPartition(t, p) for t, p in tps])
 
     def revoke(self, *tps: TP, lost: bool = False) -> None:
-        self._rebalance()
+        self.rebalance()
         self.callbacks["on_lost" if lost else "on_revoke"](self, [TopicPartition(t, p) for t, p in tps])
         self.assigned = [tp for tp in self.assigned if tp not in tps]
         self.paused -= set(tps)
 
-    def _rebalance(self) -> None:
+    def rebalance(self) -> None:
+        """The member takes part in a rebalance: a new generation (member epoch), which it knows."""
         self.kafka.rebalance(self.member_id)
         self.generation = self.kafka.members[self.member_id]
 
