@@ -225,3 +225,14 @@ def test_late_parts_are_emitted_in_chunks(client: redis.Redis) -> None:
         emitted += [u for u, _ in step.emission.users]
         cursors += [step.emission.next_cursor] if step.emission.next_cursor is not None else []
     assert sorted(emitted) == sorted(u for _, p in late for u in p.users)
+
+
+def test_a_change_closed_by_a_worker_of_the_previous_layout_goes_on(client: redis.Redis) -> None:
+    """An upgrade over a change closed mid-chain by a worker before issue 19 (meta `end`, no `late_from`): the
+    chain goes on from `next` instead of failing on missing state."""
+    users, order, meta, _applied = change_keys("old")
+    client.hset(users, mapping={u: "e1" for u in "abcd"})
+    client.rpush(order, *"abcd")
+    client.hset(meta, mapping={"info": orjson.dumps(info("old")), "final": "in:0:1", "end": 4, "next": 2})
+    (step,) = store(client).apply_commands([(Command("old", 2), "ctl:0:1")])
+    assert step is not None and [u for u, _ in step.emission.users] == ["c", "d"] and not step.emission.late

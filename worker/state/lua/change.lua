@@ -106,10 +106,11 @@ local function emit_chunk(start, total, info, final_tag, timeout_tag, late_from)
   return out
 end
 
-local meta = redis.call('HMGET', meta_key, 'info', 'final', 'timed_out', 'late_from', 'next')
+local meta = redis.call('HMGET', meta_key, 'info', 'final', 'timed_out', 'late_from', 'next', 'end')
 local info, final_tag, timeout_tag = meta[1], meta[2], meta[3]
 local closed = final_tag or timeout_tag
-local late_from, next_start = tonumber(meta[4]), tonumber(meta[5])
+-- 'end' (users the close owed) is late_from as a worker before issue 19 wrote it: an upgrade finds it there
+local late_from, next_start = tonumber(meta[4] or meta[6]), tonumber(meta[5])
 local collected  -- users collected so far (LLEN of the order list), read where needed
 if closed then
   collected = redis.call('LLEN', order_key)
