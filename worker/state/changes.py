@@ -36,8 +36,11 @@ DEADLINES = "gew:deadlines"
 
 
 def change_keys(change_id: str) -> list[str]:
+    """The keys of a change that change.lua reads and writes; the last, `chunks`, is the previous layout's
+    record of each closing or continue message's range, only read (a replay after an upgrade emits the range
+    a worker before issue 19 began) and expiring with the change."""
     prefix = "gew:change:{" + change_id + "}:"
-    return [prefix + "users", prefix + "order", prefix + "meta", prefix + "applied"]
+    return [prefix + "users", prefix + "order", prefix + "meta", prefix + "applied", prefix + "chunks"]
 
 
 class RedisChangeStore:

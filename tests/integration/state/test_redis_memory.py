@@ -101,7 +101,7 @@ def test_state_that_is_gone_is_a_named_redis_error_not_a_type_error(server: Serv
     store = RedisChangeStore(client, timeout_ms=1_000, ttl_seconds=600, resend_ms=500, chunk=2)
     change = change_info("c")
     store.apply_parts([(change, Part("in:0:1", "e1", ("a", "b", "c"), False))], 0)
-    users, order, meta, _applied = change_keys("c")
+    users, order, meta, _applied, _legacy = change_keys("c")
     client.delete(users)
     with pytest.raises(StateMissing, match=f"STATE_MISSING {users}"):
         store.apply_parts([(change, Part("in:0:2", "e2", (), True))], 0)

@@ -5,13 +5,14 @@
 -- application of that tag (a replay, a zombie) writes nothing and returns the same from the same record.
 -- All reads come before the first write: a Redis at maxmemory under noeviction refuses that write, and so the
 -- whole call (OOM error, nothing written; the batch is retried).
--- KEYS: users hash, order list, meta hash, applied hash; one hash tag.
+-- KEYS: users hash, order list, meta hash, applied hash, and the chunks hash of the layout before issue 19 (read
+-- only: the chunk a worker of that version recorded for a tag); one hash tag.
 -- ARGV: op ('part' | 'timeout' | 'continue'), tag, ttl seconds, chunk size, then
 --   part: event id, is_final ('1'/'0'), change info JSON, user...
 --   continue: cursor
 -- Returns {} when nothing is emitted, else {late, complete, next cursor (-1: none), info JSON, user1, event1, ...}.
 -- State that is not what these rules write (a key deleted or evicted) is an error reply 'STATE_MISSING <key>: ...'.
-local users_key, order_key, meta_key, applied_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local users_key, order_key, meta_key, applied_key, legacy_chunks_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local op, tag, ttl, chunk = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local UNPACK = 1000
 
@@ -72,19 +73,23 @@ local function reply(start, stop, more, info, final_tag, timeout_tag, late_from)
   return out
 end
 
--- What the first application of this tag emitted, from its record ('start:stop:more', or '' for nothing).
+-- What the first application of this tag emitted, from its record ('start:stop:more', or '' for nothing; a
+-- record of the previous layout is 'start:stop', and the chain went on after it if it stopped before 'end').
 local function again(record)
   if record == '' then
     return {}
   end
-  local first, second = string.find(record, ':', 1, true), nil
-  second = string.find(record, ':', first + 1, true)
-  local start, stop = tonumber(string.sub(record, 1, first - 1)), tonumber(string.sub(record, first + 1, second - 1))
-  local meta = redis.call('HMGET', meta_key, 'info', 'final', 'timed_out', 'late_from')
-  return reply(start, stop, string.sub(record, second + 1) == '1', meta[1], meta[2], meta[3], tonumber(meta[4]))
+  local meta = redis.call('HMGET', meta_key, 'info', 'final', 'timed_out', 'late_from', 'end')
+  local late_from = tonumber(meta[4] or meta[5])
+  local first = string.find(record, ':', 1, true)
+  local second = string.find(record, ':', first + 1, true)
+  local start = tonumber(string.sub(record, 1, first - 1))
+  local stop = tonumber(string.sub(record, first + 1, (second or 0) - 1))
+  local more = (second and string.sub(record, second + 1) == '1') or (not second and late_from and stop < late_from)
+  return reply(start, stop, more, meta[1], meta[2], meta[3], late_from)
 end
 
-local recorded = redis.call('HGET', applied_key, tag)
+local recorded = redis.call('HGET', applied_key, tag) or redis.call('HGET', legacy_chunks_key, tag)
 if recorded then
   return again(recorded)
 end
