@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.change_model import CHUNKS, FINALS, PARTS_USERS, STEPS, play
+from tests.support.change_model import change_info as info
 from worker.processing.control import Command
 from worker.processing.reassembly import Part
-from worker.processing.records import ChangeInfo
 from worker.processing.stores import MemoryChangeStore
 from worker.state.changes import DEADLINES, RedisChangeStore, change_keys
 from worker.state.client import connect
@@ -46,18 +46,6 @@ def client(redis_service: object) -> redis.Redis:
 
 def store(client: redis.Redis, chunk: int = CHUNK) -> RedisChangeStore:
     return RedisChangeStore(client, timeout_ms=TIMEOUT_MS, ttl_seconds=600, resend_ms=RESEND_MS, chunk=chunk)
-
-
-def info(change_id: str) -> ChangeInfo:
-    return {
-        "change_id": change_id,
-        "tenant_id": "t",
-        "group_id": "g",
-        "group_name": "G",
-        "change": "group_updated",
-        "updates": [],
-        "occurred_at": "2024-01-01T00:00:00.000Z",
-    }
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

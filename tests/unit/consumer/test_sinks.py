@@ -6,6 +6,7 @@ import pytest
 from confluent_kafka import TopicPartition
 from structlog.testing import capture_logs
 
+from tests.support.clock import ManualClock
 from tests.support.kafka_fakes import (
     ABORTABLE,
     FATAL,
@@ -135,14 +136,6 @@ def test_at_least_once_commit_errors() -> None:
     assert kafka.group_offsets == {("in", 0): 11}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_a_fencing_after_the_transaction_timeout_keeps_the_default_id() -> None:
     """Issue 19, defect 9: a transaction left open longer than transaction.timeout.ms (the process was frozen) is
     aborted by the coordinator, which bumps the producer's epoch: the next call fails with the same fatal
@@ -150,7 +143,7 @@ def test_a_fencing_after_the_transaction_timeout_keeps_the_default_id() -> None:
     abort this process's open transaction at once. A fencing of a transaction older than the timeout keeps
     the id; a younger one is a twin's."""
     kafka = FakeKafka()
-    clock = Clock()
+    clock = ManualClock()
     ids = TransactionalId("group-host-1", configured=False)
     config = {"transaction.timeout.ms": 10_000}
     sink = TransactionalSink(config, FakeConsumer(kafka), 1.0, "dlq", kafka.new_producer, ids, clock)
