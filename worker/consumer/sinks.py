@@ -362,7 +362,8 @@ class TransactionalSink(Sink):
 
     def close(self, timeout: float) -> None:
         self.abort(timeout / 2)
-        super().close(timeout / 2)
+        if not self._open:  # else a commit whose outcome is unknown: close() would abort it, without limit
+            super().close(timeout / 2)
 
     def _init(self) -> None:
         if not self._ready:

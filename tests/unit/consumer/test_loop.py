@@ -428,6 +428,7 @@ def test_a_stop_while_a_commit_is_uncertain_exits_as_a_crash_would_after_half_th
     assert h.processor.settled == []
     assert h.outputs() == [] and h.kafka.group_offsets == {}
     assert "abort_transaction" not in h.kafka.calls  # a commit in progress is never aborted
+    assert not h.kafka.producers[-1].closed  # nor by close(): the process exits with it, as a crash would
     assert h.consumer.closed
 
 
