@@ -44,7 +44,7 @@ local function rpush(key, items)
 end
 
 local function touch()  -- after the last write: EXPIRE on a key not created yet would be lost
-  for _, key in ipairs(KEYS) do
+  for _, key in ipairs({users_key, order_key, meta_key, applied_key}) do  -- the legacy key expires on its own
     redis.call('EXPIRE', key, ttl)
   end
 end
@@ -73,23 +73,30 @@ local function reply(start, stop, more, info, final_tag, timeout_tag, late_from)
   return out
 end
 
+local meta = redis.call('HMGET', meta_key, 'info', 'final', 'timed_out', 'late_from', 'next', 'end')
+local info, final_tag, timeout_tag = meta[1], meta[2], meta[3]
+local closed = final_tag or timeout_tag
+-- 'end' (users the close owed) is late_from as a worker before issue 19 wrote it: an upgrade finds it there
+local late_from, next_start = tonumber(meta[4] or meta[6]), tonumber(meta[5])
+
 -- What the first application of this tag emitted, from its record ('start:stop:more', or '' for nothing; a
 -- record of the previous layout is 'start:stop', and the chain went on after it if it stopped before 'end').
 local function again(record)
   if record == '' then
     return {}
   end
-  local meta = redis.call('HMGET', meta_key, 'info', 'final', 'timed_out', 'late_from', 'end')
-  local late_from = tonumber(meta[4] or meta[5])
   local first = string.find(record, ':', 1, true)
   local second = string.find(record, ':', first + 1, true)
   local start = tonumber(string.sub(record, 1, first - 1))
   local stop = tonumber(string.sub(record, first + 1, (second or 0) - 1))
   local more = (second and string.sub(record, second + 1) == '1') or (not second and late_from and stop < late_from)
-  return reply(start, stop, more, meta[1], meta[2], meta[3], late_from)
+  return reply(start, stop, more, info, final_tag, timeout_tag, late_from)
 end
 
-local recorded = redis.call('HGET', applied_key, tag) or redis.call('HGET', legacy_chunks_key, tag)
+local recorded = redis.call('HGET', applied_key, tag)
+if not recorded and meta[6] then  -- a change closed by a worker of the previous layout
+  recorded = redis.call('HGET', legacy_chunks_key, tag)
+end
 if recorded then
   return again(recorded)
 end
@@ -111,11 +118,6 @@ local function emit_chunk(start, total, info, final_tag, timeout_tag, late_from)
   return out
 end
 
-local meta = redis.call('HMGET', meta_key, 'info', 'final', 'timed_out', 'late_from', 'next', 'end')
-local info, final_tag, timeout_tag = meta[1], meta[2], meta[3]
-local closed = final_tag or timeout_tag
--- 'end' (users the close owed) is late_from as a worker before issue 19 wrote it: an upgrade finds it there
-local late_from, next_start = tonumber(meta[4] or meta[6]), tonumber(meta[5])
 local collected  -- users collected so far (LLEN of the order list), read where needed
 if closed then
   collected = redis.call('LLEN', order_key)
