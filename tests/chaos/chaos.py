@@ -229,7 +229,9 @@ def run(config: Chaos, workdir: Path) -> dict[str, Any]:
                     time.sleep(config.pause_broker_s)
                     kafka.resume()
                 elif action == "freeze a worker":
-                    slot = rng.choice(list(workers))
+                    # one that holds partitions (ready), so it is frozen in the middle of its work
+                    busy = [slot for slot, w in workers.items() if w.get("/readyz")[0] == 200]
+                    slot = rng.choice(busy or list(workers))
                     config.note(f"freeze worker {slot} for {config.zombie_s:g} s")
                     workers[slot].signal(signal.SIGSTOP)  # mid-batch: the group moves on without it
                     time.sleep(config.zombie_s)
