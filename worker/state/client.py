@@ -9,8 +9,9 @@ Redis time on a flat batch. To a cluster it is redis-py's cluster pipeline, whic
 redis-py's own `Script` objects re-check the script cache with an extra round trip on every pipeline
 execution; here a batch is sent with EVALSHA and only a NOSCRIPT reply (new or restarted Redis, a new cluster
 node) loads the script and re-sends the calls that failed. Every script keeps the tag rule (a call applied
-again changes nothing and returns the same; `docs/guarantees.md`, rule 2), so that is safe. On a cluster, redis-py's cluster pipeline groups the commands by slot and sends one pipeline per
-node; every script call names keys of one hash tag only, so each call runs on one node.
+again changes nothing and returns the same; `docs/guarantees.md`, rule 2), so that is safe. On a cluster,
+redis-py's cluster pipeline groups the commands by slot and sends one pipeline per node; every script call
+names keys of one hash tag only, so each call runs on one node.
 """
 
 from __future__ import annotations
