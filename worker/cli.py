@@ -17,15 +17,21 @@ from worker import __version__, logs
 from worker.config import ConfigError, Settings, describe_errors, load_settings
 from worker.local import demo
 from worker.local.samples import samples
-from worker.ops import check, dlq, validate
+from worker.ops import check, dlq, topics, validate
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from worker.consumer import app
+    from worker.consumer.loop import RewindFailed
     from worker.consumer.supervisor import Supervisor, container_processes
 
     logs.configure(os.environ.get("WORKER_LOG_LEVEL", "INFO").upper())
     with demo.stack(args.embedded) as settings, demo.ingest_for_run(args.embedded, settings):
+        try:
+            topics.prepare_run(settings)
+        except topics.Refusal as refusal:
+            print(f"refusing to start: {refusal}", file=sys.stderr)
+            return 1
         if (processes := container_processes(settings.processes)) > 1:
             return Supervisor(settings, processes).run()
         try:
@@ -37,16 +43,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         server = worker.health_server.start()
         try:
             worker.loop.run()
+        except RewindFailed:  # logged; the member has left the group: a restart replays from the committed offsets
+            return 1
         finally:
             server.stop()
     return 0
 
 
 def cmd_ingest(_args: argparse.Namespace) -> int:
-    from worker.ingest.server import serve
+    from worker.ingest.server import refusal, serve
 
     logs.configure(os.environ.get("WORKER_LOG_LEVEL", "INFO").upper())
-    return serve(load_settings())
+    settings = load_settings()
+    try:
+        if refusal(settings) is None:  # else serve() says why at once, without waiting for Kafka
+            topics.prepare_ingest(settings)
+    except topics.Refusal as missing:
+        print(f"refusing to start: {missing}", file=sys.stderr)
+        return 1
+    return serve(settings)
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:

@@ -129,6 +129,10 @@ class Settings(BaseSettings):
     # The worker group's own commands (timeout flushes, continuations of large changes), keyed by change id:
     # the owner of a command's partition runs it in the transaction that commits the command's offset.
     control_topic: str = "group-events-worker.control"
+    # When the control topic is missing, `run` creates it: 0 partitions means as many as the input topic with
+    # the most; replication -1 means the broker's default.replication.factor.
+    control_topic_partitions: int = Field(0, ge=0)
+    control_topic_replication: int = Field(-1, ge=-1)
     group_id: str = "group-events-worker"
     redis_url: str = "redis://localhost:6379/0"
     redis_cluster: bool = False  # WORKER_REDIS_URL names one node of a Redis Cluster: use a cluster client
@@ -142,6 +146,9 @@ class Settings(BaseSettings):
     redis_tls_keyfile: str = ""
     # Replicas that must acknowledge a batch's Redis writes (WAIT) before its Kafka commit; 0: no wait.
     redis_min_replicas: int = Field(0, ge=0)
+    # Start even when Redis has a maxmemory-policy that evicts keys (the worker refuses by default: an evicted
+    # claim or change loses or repeats records). Only for a Redis that is known never to reach maxmemory.
+    redis_allow_eviction: bool = False
     metrics_port: int = Field(9400, ge=0, le=65535)
     dedupe_ttl_seconds: int = Field(86_400, gt=0)
     batch_timeout_seconds: float = Field(900, gt=0)
@@ -157,6 +164,9 @@ class Settings(BaseSettings):
     # A change whose timeout command was sent gets another one after this, if it is still open by then.
     flush_lease_seconds: float = Field(60, gt=0)
     transactional_id: str = ""
+    # Set by the supervisor (WORKER_PROCESSES > 1) for each child: its slot, which replaces the pid in the
+    # default transactional id, so a child restarted in its slot fences its previous self.
+    process_index: int | None = Field(None, ge=0)
     # Worker processes in this container (worker/consumer/supervisor.py); "auto": one per core of its CPU quota.
     processes: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = 1
     # "topic=ums,other=cloudevents": input topics whose format is fixed; the others detect it per message.
@@ -335,9 +345,11 @@ class Settings(BaseSettings):
         return config | fixed, warnings
 
     def effective_transactional_id(self) -> str:
-        """Stable across restarts of one pod (hostname) and unique per process on one host (pid), except for
-        host-network pods (one hostname, pid 1 each): see `worker.consumer.sinks.TransactionalId`."""
-        return self.transactional_id or f"{self.group_id}-{socket.gethostname()}-{os.getpid()}"
+        """Stable across restarts of one pod (hostname) and unique per process on one host (pid, or the
+        supervisor's slot), except for host-network pods (one hostname, pid 1 each): see
+        `worker.consumer.sinks.TransactionalId`."""
+        process = os.getpid() if self.process_index is None else self.process_index
+        return self.transactional_id or f"{self.group_id}-{socket.gethostname()}-{process}"
 
 
 def _kafka_variables(role: Role, environ: Mapping[str, str] | None) -> dict[str, tuple[str, str]]:

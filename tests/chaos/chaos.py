@@ -17,6 +17,12 @@ The faults of issue 12, in both: a second process with worker 0's `WORKER_TRANSA
 (commits in flight hang, then time out or go through), a `users.modified` change of `big_change` users (300
 parts of 1,000 in the full run) comes out in chunks, and an oversized poison message (1.5 MB, sent zstd
 compressed) must reach the DLQ as a `too_large` stub. Every one of those records and stubs is audited.
+
+The faults of issue 19, in both: a zombie, a worker frozen with SIGSTOP past its session timeout (and its
+transaction timeout) while Redis stays reachable, then thawed: its partitions moved meanwhile, and whatever
+it was doing it finishes against Redis (the tag rule: its runs of positions another member committed change
+nothing) before the coordinator fences its commit; and Redis full (`maxmemory` below what it uses, under
+`noeviction`) for a few seconds: every write is refused, the workers retry, then there is room again.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import redis as redis_py
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from tests.integration.helpers import Stack, WorkerProcess, aborted_records_hidden, read_topic, wait_for
@@ -62,6 +69,8 @@ class Chaos:
     oversized: int = 1  # oversized poison messages
     twin: bool = True  # a second process with worker 0's transactional id, for a while
     pause_broker_s: float = 4.0  # SIGSTOP the broker this long once, mid-run (0: never)
+    zombie_s: float = 12.0  # SIGSTOP a worker this long once, past its session and transaction timeouts (0: never)
+    redis_full_s: float = 5.0  # Redis refuses every write this long once (0: never)
     log: list[str] = field(default_factory=list)
 
     def note(self, what: str) -> None:
@@ -144,7 +153,7 @@ def run(config: Chaos, workdir: Path) -> dict[str, Any]:
     }
     workers: dict[int, WorkerProcess] = {}
     twin: WorkerProcess | None = None
-    kills = fencings = 0
+    kills = fencings = zombies = redis_full = 0
     try:
         stack.create_topics(PARTITIONS, PARTITIONS)
         corpus = generate(
@@ -168,6 +177,10 @@ def run(config: Chaos, workdir: Path) -> dict[str, Any]:
             plan += [(feed_seconds * 0.25, "start a twin of worker 0"), (feed_seconds * 0.45, "stop the twin")]
         if config.pause_broker_s:
             plan.append((feed_seconds * 0.5, "pause the broker"))
+        if config.zombie_s:
+            plan.append((feed_seconds * 0.4, "freeze a worker"))
+        if config.redis_full_s:
+            plan.append((feed_seconds * 0.65, "fill redis"))
         if config.scale and careful:
             # one worker at a time, then all back at once
             plan += [(feed_seconds * share, "scale down") for share in (0.45, 0.55)]
@@ -215,13 +228,27 @@ def run(config: Chaos, workdir: Path) -> dict[str, Any]:
                     kafka.pause()  # SIGSTOP: batches in their commit wait for the broker
                     time.sleep(config.pause_broker_s)
                     kafka.resume()
+                elif action == "freeze a worker":
+                    # one that holds partitions (ready), so it is frozen in the middle of its work
+                    busy = [slot for slot, w in workers.items() if w.get("/readyz")[0] == 200]
+                    slot = rng.choice(busy or list(workers))
+                    config.note(f"freeze worker {slot} for {config.zombie_s:g} s")
+                    workers[slot].signal(signal.SIGSTOP)  # mid-batch: the group moves on without it
+                    time.sleep(config.zombie_s)
+                    workers[slot].signal(signal.SIGCONT)  # the zombie finishes its batch, then is fenced
+                    zombies += 1
+                elif action == "fill redis":
+                    fill_redis(redis.address, config.redis_full_s)
+                    redis_full += 1
                 elif action == "scale down":
-                    assert workers.pop(max(workers)).terminate() == 0, "SIGTERM must exit 0"
+                    code = workers.pop(max(workers)).terminate()
+                    assert code == 0, f"SIGTERM must exit 0, got {code}"
                 elif action == "scale down to one":
                     leaving = [workers.pop(slot) for slot in sorted(workers)[1:]]
                     for worker in leaving:  # all at once: each leaves while the others' leave rebalances
                         worker.signal(signal.SIGTERM)
-                    assert all(w.terminate() == 0 for w in leaving), "SIGTERM must exit 0"
+                    codes = [w.terminate() for w in leaving]
+                    assert codes == [0] * len(leaving), f"SIGTERM must exit 0, got {codes}"
                 else:
                     for slot in range(config.workers):
                         if slot not in workers:
@@ -260,9 +287,21 @@ def run(config: Chaos, workdir: Path) -> dict[str, Any]:
         group_protocol=config.group_protocol,
         kills=kills,
         twin_fencings=fencings,  # of worker 0 and its twin, while both ran
+        zombies=zombies,  # workers frozen past their session timeout, then thawed
+        redis_full=redis_full,  # times Redis refused every write for redis_full_s
         seconds=round(time.monotonic() - started, 1),
     )
     return summary
+
+
+def fill_redis(address: str, seconds: float) -> None:
+    """Redis at its memory limit under noeviction for `seconds`: every write refused (OOM), then room again."""
+    client = redis_py.Redis.from_url(address)
+    policy = client.config_get("maxmemory-policy")["maxmemory-policy"]
+    assert policy == "noeviction", policy
+    client.config_set("maxmemory", max(1, int(client.info("memory")["used_memory"]) // 2))
+    time.sleep(seconds)
+    client.config_set("maxmemory", 0)
 
 
 def _fencings(*workers: WorkerProcess) -> int:

@@ -25,6 +25,7 @@ def test_short_chaos_run_loses_nothing(tmp_path: Path) -> None:
     assert summary["kills"] >= 1 and summary["poison"] >= 1
     assert summary["oversized"] == 1 and summary["too_large"] == 1
     assert summary["twin_fencings"] >= 1
+    assert summary["zombies"] == 1 and summary["redis_full"] == 1
     assert failed(summary) == []
 
 
@@ -39,4 +40,5 @@ def test_full_chaos_run(tmp_path: Path, protocol: str) -> None:
     assert summary["events"] >= 200_000
     assert summary["oversized"] == 1 and summary["too_large"] == 1
     assert summary["twin_fencings"] >= 1
+    assert summary["zombies"] == 1 and summary["redis_full"] == 1
     assert failed(summary) == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -162,3 +163,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if summary := config.stash.get(IMAGE_SUMMARY, None):
         terminalreporter.write_sep("-", "container image")
         terminalreporter.write_line(summary)
+
+
+def megabytes(size: str) -> float:
+    """A memory size as Redis, compose and Kubernetes write it (640mb, 1g, 1Gi), in MiB (Redis's mb is 1024 kB)."""
+    match = re.fullmatch(r"([0-9.]+)([a-zA-Z]+)", size)
+    assert match, size
+    return float(match[1]) * {"mb": 1, "m": 1, "mi": 1, "gb": 1024, "g": 1024, "gi": 1024}[match[2].lower()]

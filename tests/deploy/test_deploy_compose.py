@@ -12,6 +12,8 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
+from tests.deploy.conftest import megabytes
+
 ROOT = Path(__file__).resolve().parents[2]
 REQUIRED = {"kafka", "redis", "topics", "worker", "prometheus", "grafana", "producer"}
 
@@ -187,6 +189,14 @@ def test_redis_fsyncs_every_write_to_its_append_only_file_on_a_volume(compose):
     assert command[command.index("--appendonly") + 1] == "yes"
     assert command[command.index("--appendfsync") + 1] == "always"
     assert any(volume.endswith(":/data") for volume in redis["volumes"])
+
+
+def test_redis_refuses_writes_at_a_maxmemory_below_its_container_limit(compose):
+    """Issue 19, defect 3: without maxmemory Redis grew until it was OOM-killed (a crash loop)."""
+    redis = compose["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert megabytes(command[command.index("--maxmemory") + 1]) <= 0.7 * megabytes(redis["mem_limit"])
 
 
 def test_the_control_topic_is_created(compose):

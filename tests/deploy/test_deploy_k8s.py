@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.deploy.conftest import megabytes
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 BASE, OVERLAY = K8S / "base", K8S / "overlays" / "example"
@@ -283,6 +285,10 @@ def test_the_example_redis_fsyncs_every_write_and_serves_the_base_url(k8s_base: 
     statefulset = yaml.safe_load((redis_dir / "statefulset.yaml").read_text())
     args = statefulset["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--appendonly") + 1] == "yes" and args[args.index("--appendfsync") + 1] == "always"
+    # issue 19, defect 3: refuse writes at a limit below the container's instead of evicting or being OOM-killed
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    limit = statefulset["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+    assert megabytes(args[args.index("--maxmemory") + 1]) <= 0.7 * megabytes(limit)
     assert statefulset["spec"]["volumeClaimTemplates"]
     service = yaml.safe_load((redis_dir / "service.yaml").read_text())
     url = k8s_base["ConfigMap"]["data"]["WORKER_REDIS_URL"]

@@ -33,6 +33,8 @@ METRICS = {
     "worker_rebalances_total",
     "worker_build_info",
     "worker_ready",
+    "worker_redis_used_memory_bytes",
+    "worker_redis_maxmemory_bytes",
 }
 
 
@@ -99,6 +101,7 @@ def test_alerts_cover_the_failure_modes(rules: Rules) -> None:
     assert some("rate(worker_events_total", "==0", "worker_consumer_lag", ">0")
     assert some('worker_changes_closed_total{outcome="timed_out"}', "increase(")
     assert some("worker_ready==0") and some(f'up{{job="{JOB}"}}==0')
+    assert some("maxby(node)(worker_redis_used_memory_bytes)", "(worker_redis_maxmemory_bytes>0)>0.8")
     by_name = {rule["alert"]: rule for rule in rules}
     assert by_name["GroupEventsWorkerStalled"]["for"] == "15m"
 

@@ -1,8 +1,9 @@
 """The deployment's security wiring (issue 20, item 3 and the Redis pod): every workload of deploy/k8s is behind
 a default-deny NetworkPolicy with only the allows the service needs, the policies are valid Kubernetes objects
-(kubernetes-validate, strict), the Redis ACL lets in only the worker's user (its password from a Secret both
-sides name alike, never from a ConfigMap), the Redis pod drops every capability, and compose's Redis has the
-same ACL. tests/integration/state/test_redis_security.py runs a redis-server with this very ACL."""
+(kubernetes-validate, strict), the Redis ACL lets in only the worker's user and the ingest's (which may only
+record its accepted times), their passwords from a Secret both sides name alike, never from a ConfigMap, the
+Redis pod drops every capability, and compose's Redis has the same ACL.
+tests/integration/state/test_redis_security.py runs a redis-server with this very ACL."""
 
 from __future__ import annotations
 
@@ -21,8 +22,12 @@ from tests.deploy.conftest import read_yaml, read_yaml_all
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 BASE, INGEST, REDIS, OVERLAY = K8S / "base", K8S / "ingest", K8S / "redis", K8S / "overlays" / "example"
+WATCH = K8S / "watch"
 WORKLOADS = ("Deployment", "StatefulSet")
 ACL_USER = "group-events-worker"
+INGEST_USER = "group-events-ingest"
+# The ingest's user: the ingest's own keys, ZADD and the connection commands, nothing else.
+INGEST_RULES = ["~gew:ingest:*", "resetchannels", "-@all", "+@connection", "-@dangerous", "+zadd"]
 
 
 def manifests(directory: Path) -> list[dict[str, Any]]:
@@ -71,7 +76,7 @@ def container_of(workload: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-@pytest.mark.parametrize("directory", [BASE, INGEST, REDIS], ids=["worker", "ingest", "redis"])
+@pytest.mark.parametrize("directory", [BASE, INGEST, REDIS, WATCH], ids=["worker", "ingest", "redis", "watch"])
 def test_every_workload_is_behind_a_default_deny_network_policy(directory: Path) -> None:
     """Both policy types listed: whatever the rules do not allow, in or out, is refused."""
     docs = manifests(directory)
@@ -83,7 +88,7 @@ def test_every_workload_is_behind_a_default_deny_network_policy(directory: Path)
         assert policy["spec"]["ingress"], "no rule at all would also refuse the probes' scrapers"
 
 
-@pytest.mark.parametrize("directory", [BASE, INGEST, REDIS], ids=["worker", "ingest", "redis"])
+@pytest.mark.parametrize("directory", [BASE, INGEST, REDIS, WATCH], ids=["worker", "ingest", "redis", "watch"])
 def test_network_policies_and_workloads_are_valid_kubernetes_objects(directory: Path) -> None:
     """Strict: an unknown or misplaced field (a policy rule a CNI would silently ignore) fails. The overlay's
     patch is checked rendered (test_the_overlays_worker_reaches_...)."""
@@ -107,21 +112,41 @@ def test_the_worker_reaches_dns_kafka_and_redis_and_only_prometheus_reaches_it()
     assert [namespace_of(peer) for peer in peers(policy["ingress"])] == ["monitoring"]
 
 
-def test_the_ingest_takes_the_ingress_controller_and_prometheus_and_reaches_no_redis() -> None:
+def test_the_ingest_takes_the_ingress_controller_and_prometheus_and_reaches_redis_as_its_own_user() -> None:
     docs = manifests(INGEST)
-    policy = policy_for(docs, one(docs, "Deployment"))["spec"]
+    deployment = one(docs, "Deployment")
+    policy = policy_for(docs, deployment)["spec"]
     assert ports(policy["ingress"]) == {("http", "TCP")}
     assert {namespace_of(peer) for peer in peers(policy["ingress"])} == {"ingress-nginx", "monitoring"}
-    assert ports(policy["egress"]) == {(53, "UDP"), (53, "TCP"), (9092, "TCP")}
-    assert "redis" not in {namespace_of(peer) for peer in peers(policy["egress"])}
+    assert ports(policy["egress"]) == {(53, "UDP"), (53, "TCP"), (9092, "TCP"), (6379, "TCP")}
+    env = {e["name"]: e for e in container_of(deployment)["env"]}
+    assert env["WORKER_REDIS_USERNAME"]["value"] == INGEST_USER
+    wanted = env["WORKER_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    redis = {e["name"]: e for e in container_of(one(manifests(REDIS), "StatefulSet"))["env"]}
+    given = redis["REDIS_INGEST_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert (wanted["name"], wanted["key"]) == (given["name"], given["key"]) and wanted["key"] != "password"
 
 
-def test_redis_takes_only_the_worker_pods_and_sends_nothing(k8s_base: dict[str, dict[str, Any]]) -> None:
+def test_the_watch_takes_prometheus_and_reaches_dns_kafka_redis_and_https_outside_the_cluster() -> None:
+    docs = manifests(WATCH)
+    policy = policy_for(docs, one(docs, "Deployment"))["spec"]
+    assert ports(policy["ingress"]) == {("metrics", "TCP")}
+    assert ports(policy["egress"]) == {(53, "UDP"), (53, "TCP"), (9092, "TCP"), (6379, "TCP"), (443, "TCP")}
+    (internet,) = [peer["ipBlock"] for peer in peers(policy["egress"]) if "ipBlock" in peer]
+    assert internet["cidr"] == "0.0.0.0/0" and {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"} <= set(
+        internet["except"]
+    )
+
+
+def test_redis_takes_only_the_worker_ingest_and_watch_pods_and_sends_nothing() -> None:
     docs = manifests(REDIS)
     policy = policy_for(docs, one(docs, "StatefulSet"))["spec"]
     assert policy["egress"] == []
     (peer,) = peers(policy["ingress"])
-    assert selects(peer["podSelector"], k8s_base["Deployment"]["spec"]["template"]["metadata"]["labels"])
+    (expression,) = peer["podSelector"]["matchExpressions"]
+    names = {pod_labels(one(manifests(d), "Deployment"))["app.kubernetes.io/name"] for d in (BASE, INGEST, WATCH)}
+    assert expression["key"] == "app.kubernetes.io/name" and expression["operator"] == "In"
+    assert set(expression["values"]) == names
     assert namespace_of(peer) == read_yaml(OVERLAY / "kustomization.yaml")["namespace"]
     assert ports(policy["ingress"]) == {("redis", "TCP")}
 
@@ -179,6 +204,13 @@ def test_redis_lets_in_only_the_workers_user_with_the_password_of_a_secret(k8s_b
     assert f"--user {ACL_USER}" in probe and "$REDIS_PASSWORD" in probe and "--pass" not in probe
 
 
+def test_the_ingests_redis_user_may_only_zadd_the_ingests_keys() -> None:
+    users = acl(container_of(one(manifests(REDIS), "StatefulSet"))["args"])
+    assert users[INGEST_USER] == ["on", ">$(REDIS_INGEST_PASSWORD)", *INGEST_RULES]
+    written = re.findall(r'"(gew:ingest:[^"]*)"', (ROOT / "worker" / "state" / "upstream.py").read_text())
+    assert written and all(key.startswith("gew:ingest:") for key in written)
+
+
 def test_the_redis_pod_drops_every_capability_and_has_no_api_token() -> None:
     statefulset = one(manifests(REDIS), "StatefulSet")
     pod = statefulset["spec"]["template"]["spec"]
@@ -200,6 +232,9 @@ def test_compose_redis_has_the_same_acl_and_the_worker_its_user(compose: dict[st
     assert users[ACL_USER] == [rule.replace("$(REDIS_PASSWORD)", password) for rule in k8s[ACL_USER]]
     assert env["WORKER_REDIS_USERNAME"] == ACL_USER
     assert ACL_USER in " ".join(redis["healthcheck"]["test"])
+    ingest = compose["services"]["ingest"]["environment"]
+    assert ingest["WORKER_REDIS_USERNAME"] == INGEST_USER
+    assert users[INGEST_USER] == ["on", ">" + ingest["WORKER_REDIS_PASSWORD"], *INGEST_RULES]
 
 
 def test_the_ingests_memory_budget_fits_its_pod() -> None:

@@ -1,11 +1,20 @@
 """Fakes of the confluent-kafka clients for unit tests of the loop and the sinks (never for integration tests).
 
-`FakeKafka` is the broker and the group coordinator in one: it keeps what committed transactions wrote
-(`records`) and the group's committed offsets (`group_offsets`). `FakeProducer` follows librdkafka's
-transactional state machine closely enough that the worker's misuse shows (produce outside a transaction,
-abort while a commit is in progress, begin while a transaction is open), and raises the faults a test plans,
-as real `KafkaError` objects, at the call it names. `FakeConsumer` serves a script of polls and rebalances and
-records pauses, seeks and closes.
+`FakeKafka` is the broker, the transaction coordinator and the group coordinator in one: it keeps what
+committed transactions wrote (`records`) and the group's committed offsets (`group_offsets`), and checks what
+the real coordinators check:
+- the group coordinator refuses offsets sent with stale group metadata: a member it does not know
+  (`UNKNOWN_MEMBER_ID`), or an old generation (classic: `ILLEGAL_GENERATION`) or member epoch (KIP-848:
+  `STALE_MEMBER_EPOCH`), all abortable errors of `send_offsets_to_transaction`; it checks the member's
+  generation, never which partitions it owns;
+- the transaction coordinator fences a producer once another one with its `transactional.id` called
+  `init_transactions` (a fatal `_FENCED` at its next transactional call), which aborts its open transaction.
+`FakeProducer` follows librdkafka's transactional state machine closely enough that the worker's misuse
+shows (produce outside a transaction, abort while a commit is in progress, begin while a transaction is
+open), and raises the faults a test plans, as real `KafkaError` objects, at the call it names. `FakeConsumer`
+serves a script of polls and rebalances (each one a new generation or member epoch) and records pauses,
+seeks and closes. `tests/support/contract.py` runs the same scenarios on these fakes and on Apache Kafka, so
+they cannot drift from librdkafka.
 """
 
 from __future__ import annotations
@@ -37,7 +46,20 @@ FATAL = error(KafkaError.UNKNOWN_PRODUCER_ID, fatal=True)
 ABORTABLE = error(KafkaError.INVALID_TXN_STATE, abort=True)
 ILLEGAL_GENERATION = error(KafkaError.ILLEGAL_GENERATION, abort=True)
 REBALANCE_IN_PROGRESS = error(KafkaError.REBALANCE_IN_PROGRESS, abort=True)
+UNKNOWN_MEMBER_ID = error(KafkaError.UNKNOWN_MEMBER_ID, abort=True)
+STALE_MEMBER_EPOCH = error(KafkaError.STALE_MEMBER_EPOCH, abort=True)  # KIP-848
+FENCED_MEMBER_EPOCH = error(KafkaError.FENCED_MEMBER_EPOCH, abort=True)  # KIP-848
+ASSIGNMENT_LOST = error(KafkaError._ASSIGNMENT_LOST, abort=True)
 STATE = error(KafkaError._STATE)
+
+
+@dataclass(frozen=True)
+class GroupMetadata:
+    """What `consumer_group_metadata()` returns: the member and its generation (classic) or member epoch
+    (KIP-848) at the time of the call. A copy: a later rebalance does not change it."""
+
+    member_id: str
+    generation: int
 
 
 @dataclass
@@ -52,7 +74,7 @@ class Fault:
 class FakeMessage:
     def __init__(
         self,
-        topic: str,
+        topic: str | None,
         partition: int,
         offset: int,
         value: bytes | None = b"{}",
@@ -63,7 +85,7 @@ class FakeMessage:
         self._topic, self._partition, self._offset = topic, partition, offset
         self._value, self._key, self._headers, self._error = value, key, headers, error
 
-    def topic(self) -> str:
+    def topic(self) -> str | None:
         return self._topic
 
     def partition(self) -> int:
@@ -93,6 +115,28 @@ class FakeKafka:
     producers: list[FakeProducer] = field(default_factory=list)
     broker_max_bytes: int = 1 << 30  # the topic's max.message.bytes (checked on the broker)
     calls: list[str] = field(default_factory=list)
+    protocol: str = "classic"  # the group protocol: which error a stale generation gets
+    members: dict[str, int] = field(default_factory=dict)  # member id -> its generation (member epoch)
+    producer_epochs: dict[str, int] = field(default_factory=dict)  # transactional.id -> the latest epoch
+
+    def rebalance(self, member_id: str) -> None:
+        """A new generation (classic) or member epoch (KIP-848) for the member."""
+        self.members[member_id] = self.members.get(member_id, 0) + 1
+
+    def remove_member(self, member_id: str) -> None:
+        """The coordinator drops the member (its session timed out, or it left)."""
+        self.members.pop(member_id, None)
+
+    def check_group(self, metadata: object) -> KafkaError | None:
+        """The group coordinator's check of the metadata sent with transactional offsets."""
+        if not isinstance(metadata, GroupMetadata):
+            return error(KafkaError._INVALID_ARG)
+        current = self.members.get(metadata.member_id)
+        if current is None:
+            return UNKNOWN_MEMBER_ID
+        if current != metadata.generation:
+            return ILLEGAL_GENERATION if self.protocol == "classic" else STALE_MEMBER_EPOCH
+        return None
 
     def plan(self, call: str, *faults: KafkaError | Fault) -> None:
         """The next calls of `call` (on whichever producer is current) raise these, one each."""
@@ -120,9 +164,18 @@ class FakeProducer:
         self.pending: list[tuple[str, bytes | None, bytes | None, list[Any]]] = []
         self.pending_offsets: list[TopicPartition] = []
         self.abort_blocks: threading.Event | None = None  # abort_transaction waits for this when set
+        self.epoch = 0  # of its transactional.id, from init_transactions
+        self.closed = False
+        self.calls: list[str] = []  # purge, flush and close, in order
 
     def _check(self, call: str) -> Fault | None:
+        if self.closed:
+            raise RuntimeError("producer used after close()")
         if self.fatal is not None:
+            raise KafkaException(self.fatal)
+        if self.epoch and self.kafka.producer_epochs[self.config["transactional.id"]] != self.epoch:
+            self.fatal = FENCED  # another producer with our transactional.id initialised after us
+            self.pending, self.pending_offsets = [], []
             raise KafkaException(self.fatal)
         fault = self.kafka._fault(call)
         if fault is not None and fault.error.fatal():
@@ -132,6 +185,10 @@ class FakeProducer:
     def init_transactions(self, timeout: float = -1) -> None:
         if fault := self._check("init_transactions"):
             raise KafkaException(fault.error)
+        transactional_id = self.config["transactional.id"]
+        self.epoch = self.kafka.producer_epochs[transactional_id] = (
+            self.kafka.producer_epochs.get(transactional_id, 0) + 1
+        )
         self.state = "ready"
 
     def begin_transaction(self) -> None:
@@ -153,7 +210,13 @@ class FakeProducer:
         self.pending.append((topic, key, value, list(kw.get("headers") or [])))
 
     def poll(self, timeout: float = -1) -> int:
+        self.calls.append("poll")
+        if fault := self._check("poll"):  # an error event served here: confluent-kafka raises a fatal one
+            raise KafkaException(fault.error)
         return 0
+
+    def __len__(self) -> int:
+        return 0 if self.transactional else len(self.pending)
 
     def _deliver(self) -> bool:
         """Delivery reports of the pending messages; False if any failed on the broker (message too large)."""
@@ -167,6 +230,9 @@ class FakeProducer:
         return ok
 
     def flush(self, timeout: float = -1) -> int:
+        self.calls.append("flush")
+        if fault := self._check("flush"):  # flush polls: a fatal error event is raised there
+            raise KafkaException(fault.error)
         if not self.transactional:
             delivered = self._deliver()
             if delivered:
@@ -175,7 +241,13 @@ class FakeProducer:
         return 0
 
     def purge(self, in_queue: bool = True, in_flight: bool = True, blocking: bool = True) -> None:
+        self.calls.append("purge")
         self.pending = []
+
+    def close(self) -> bool:
+        self.calls.append("close")
+        self.closed = True
+        return True
 
     def send_offsets_to_transaction(self, offsets: list[TopicPartition], metadata: Any, timeout: float = -1) -> None:
         if fault := self._check("send_offsets_to_transaction"):
@@ -184,6 +256,9 @@ class FakeProducer:
             raise KafkaException(fault.error)
         if self.state != "open":
             raise KafkaException(error(KafkaError._STATE))
+        if refused := self.kafka.check_group(metadata):
+            self.state = "abortable"
+            raise KafkaException(refused)
         self.pending_offsets = list(offsets)
 
     def commit_transaction(self, timeout: float = -1) -> None:
@@ -223,8 +298,15 @@ class FakeConsumer:
     """Serves `script`: each step is a list of messages returned by one consume call, or a callable run
     first (a rebalance, a stop). Once the script is used up, `on_idle` runs at each consume."""
 
-    def __init__(self, kafka: FakeKafka, script: Iterable[list[FakeMessage] | Callable[[], None]] = ()) -> None:
-        self.kafka = kafka
+    def __init__(
+        self,
+        kafka: FakeKafka,
+        script: Iterable[list[FakeMessage] | Callable[[], None]] = (),
+        member_id: str = "member-1",
+    ) -> None:
+        self.kafka, self.member_id = kafka, member_id
+        kafka.rebalance(member_id)  # a member of the group from the start (tests that never subscribe commit too)
+        self.generation = kafka.members[member_id]  # what this member knows: it learns of a new one in a rebalance
         self.script: deque[list[FakeMessage] | Callable[[], None]] = deque(script)
         self.on_idle: Callable[[], None] = lambda: None
         self.assigned: list[TP] = []
@@ -240,13 +322,20 @@ class FakeConsumer:
     # ---- test controls ----
 
     def assign(self, *tps: TP) -> None:
+        self.rebalance()
         self.assigned += [tp for tp in tps if tp not in self.assigned]
         self.callbacks["on_assign"](self, [TopicPartition(t, p) for t, p in tps])
 
     def revoke(self, *tps: TP, lost: bool = False) -> None:
+        self.rebalance()
         self.callbacks["on_lost" if lost else "on_revoke"](self, [TopicPartition(t, p) for t, p in tps])
         self.assigned = [tp for tp in self.assigned if tp not in tps]
         self.paused -= set(tps)
+
+    def rebalance(self) -> None:
+        """The member takes part in a rebalance: a new generation (member epoch), which it knows."""
+        self.kafka.rebalance(self.member_id)
+        self.generation = self.kafka.members[self.member_id]
 
     # ---- the consumer API the worker uses ----
 
@@ -275,6 +364,8 @@ class FakeConsumer:
         self.paused -= {(tp.topic, tp.partition) for tp in partitions}
 
     def seek(self, tp: TopicPartition) -> None:
+        if fault := self.kafka._fault("seek"):
+            raise KafkaException(fault.error)
         if (tp.topic, tp.partition) not in self.assigned:
             raise KafkaException(error(KafkaError._UNKNOWN_PARTITION))
         self.seeks.append((tp.topic, tp.partition, tp.offset))
@@ -296,8 +387,8 @@ class FakeConsumer:
     def get_watermark_offsets(self, tp: TopicPartition, timeout: float = -1, cached: bool = False) -> tuple[int, int]:
         return 0, self.high.get((tp.topic, tp.partition), 0)
 
-    def consumer_group_metadata(self) -> object:
-        return object()
+    def consumer_group_metadata(self) -> GroupMetadata:
+        return GroupMetadata(self.member_id, self.generation)
 
     def commit(self, offsets: list[TopicPartition], asynchronous: bool = True) -> list[TopicPartition]:
         if fault := self.kafka._fault("commit"):

@@ -5,6 +5,7 @@ only runs them. Nothing else in the worker constructs a client.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,14 +14,15 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.admin import AdminClient
 
-from worker.config import Settings
+from worker.config import ConfigError, Settings
+from worker.consumer import metrics
 from worker.consumer.health import Health, HealthServer
 from worker.consumer.loop import Loop, SystemClock
 from worker.consumer.sinks import AtLeastOnceSink, Sink, TransactionalId, TransactionalSink
 from worker.logs import KAFKA_LOGGER
 from worker.processing.processor import Processor
 from worker.state.changes import RedisChangeStore
-from worker.state.client import Client, ReplicaWait, redis_client
+from worker.state.client import NO_EVICTION, Client, ReplicaWait, memory, redis_client
 from worker.state.dedupe import Deduper
 from worker.state.recency import RedisRecency
 from worker.state.tenants import TenantGroups
@@ -68,8 +70,10 @@ def build(settings: Settings) -> App:
         sink = TransactionalSink(producer, consumer, kafka_timeout, settings.dlq_topic, Producer, ids)
     else:
         sink = AtLeastOnceSink(producer, consumer, kafka_timeout, settings.dlq_topic)
-    processor = redis_processor(settings, redis_client(settings))
-    loop = Loop(settings, consumer, sink, processor, health, SystemClock())
+    client = redis_client(settings)
+    refuse_evicting_redis(client, settings.redis_allow_eviction)
+    processor = redis_processor(settings, client)
+    loop = Loop(settings, consumer, sink, processor, health, SystemClock(), functools.partial(report_memory, client))
     return App(loop, _health_server(settings, health))
 
 
@@ -93,6 +97,41 @@ def redis_processor(settings: Settings, client: Client) -> Processor:
         formats=settings.topic_formats,
         durable=ReplicaWait(client, replicas, REPLICA_WAIT_MS).wait if replicas else None,
     )
+
+
+def refuse_evicting_redis(client: Client, allowed: bool) -> None:
+    """Raises `ConfigError` when a Redis primary has a `maxmemory-policy` that evicts keys (unless `allowed`,
+    `WORKER_REDIS_ALLOW_EVICTION`). A Redis that does not answer yet, or denies INFO, is not held against the
+    start: logged, and the loop waits for Redis as in any outage."""
+    try:
+        nodes = memory(client)
+    except redis.RedisError as error:
+        log.warning("redis_policy_unknown", error=str(error), needed=NO_EVICTION)
+        return
+    for node in nodes:
+        if node.policy == NO_EVICTION:
+            continue
+        if allowed:
+            log.warning("redis_evicts", node=node.node, policy=node.policy, setting="WORKER_REDIS_ALLOW_EVICTION")
+            continue
+        raise ConfigError(
+            f"Redis ({node.node}) has maxmemory-policy {node.policy}: at maxmemory it would evict the worker's "
+            "dedupe claims and open changes (records repeated or lost); set maxmemory-policy noeviction, or "
+            "WORKER_REDIS_ALLOW_EVICTION=true to run anyway"
+        )
+
+
+def report_memory(client: Client) -> None:
+    """The memory gauges of every Redis primary (`worker_redis_used_memory_bytes`, `worker_redis_maxmemory_bytes`);
+    called by the loop between batches. A failure leaves them as they were (the batches report outages)."""
+    try:
+        nodes = memory(client)
+    except redis.RedisError as error:
+        log.debug("redis_memory_unknown", error=str(error))
+        return
+    for node in nodes:
+        metrics.REDIS_USED_MEMORY.labels(node.node).set(node.used)
+        metrics.REDIS_MAXMEMORY.labels(node.node).set(node.maxmemory)
 
 
 def _health_server(settings: Settings, health: Health) -> HealthServer:

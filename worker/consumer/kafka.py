@@ -108,5 +108,14 @@ class KafkaProducer(Protocol):
 
     def abort_transaction(self, timeout: float = -1) -> None: ...
 
+    def close(self) -> bool:
+        """Abort an open transaction, flush what is queued (waiting without limit: purge or drain first), then
+        destroy the client and its threads."""
+        ...
+
+    def __len__(self) -> int:
+        """Messages not delivered yet plus events not served yet (delivery reports, errors)."""
+        ...
+
 
 NewProducer = Callable[[dict[str, Any]], KafkaProducer]

@@ -12,7 +12,8 @@ and the group membership kept alive (polls serve the rebalances meanwhile):
   in progress can neither be aborted nor redone without risking a second copy.
 - `PartitionsLost`: dropped at once.
 A dropped batch rewinds each of its partitions still assigned (seek to the batch's first offset), so nothing
-after it is committed past it; revoked partitions are replayed by their new owner from the committed offset.
+after it is committed past it (a seek that fails stops the loop: `RewindFailed`); revoked partitions are
+replayed by their new owner from the committed offset.
 Under the consumer group protocol (KIP-848) revocations are incremental: only a batch holding a revoked
 partition is dropped, the others go on. The processing is replay-safe (see `worker/processing/processor.py`).
 """
@@ -39,6 +40,7 @@ from worker.consumer.kafka import KafkaConsumer, KafkaMessage
 from worker.consumer.metrics import TenantMetrics
 from worker.consumer.sinks import CommitUncertain, PartitionsLost, RetryBatch, Sink, first_offsets, offsets_after
 from worker.processing.processor import BatchResult
+from worker.state.client import StateMissing
 
 log = structlog.get_logger("worker.consumer.loop")
 
@@ -57,6 +59,12 @@ LAG_TIMEOUT_S = 1.0  # the committed-offsets look-up of the lag report, between 
 # what exists when the loop starts (modules, validators, clients) out of every collection with gc.freeze().
 # Measured: Processor.process on the flat corpus, 80-100 -> 51 µs per message; flat worker throughput +45%.
 GC_THRESHOLDS = (50_000, 20, 10)
+
+
+class RewindFailed(RuntimeError):
+    """A dropped batch's partition could not be rewound: reading on would commit past messages that were never
+    committed, so the loop stops (the process exits non-zero; the partition is replayed from its committed
+    offset by whoever owns it next)."""
 
 
 def next_batch_size(limit: int, size: int = 0, messages: int = 0, outputs: int = 0) -> int:
@@ -117,11 +125,15 @@ class Loop:
         processor: Processor,
         health: Health,
         clock: Clock,
+        report: Callable[[], None] = lambda: None,
     ) -> None:
-        """`consumer`: not yet subscribed; the loop subscribes it and owns it from then on."""
+        """`consumer`: not yet subscribed; the loop subscribes it and owns it from then on. `report`: called
+        between batches every `LAG_INTERVAL_S` with the lag report, for gauges read from elsewhere (Redis
+        memory); must not raise."""
         self.settings = settings
         self.health = health
         self._consumer, self._sink, self._processor, self._clock = consumer, sink, processor, clock
+        self._report = report
         self._tenant_metrics = TenantMetrics()
         self._stopping = threading.Event()
         self._stop_by: float | None = None  # when the shutdown must be over
@@ -174,6 +186,7 @@ class Loop:
                 if now >= next_lag:
                     next_lag = now + LAG_INTERVAL_S
                     self._report_lag()
+                    self._report()
         finally:
             self._shutdown()
 
@@ -212,7 +225,8 @@ class Loop:
             cause = "redis" if isinstance(failure, redis.RedisError) else "kafka"
             metrics.RETRIES.labels(cause).inc()
             self.health.retry(f"{cause}: {failure}")
-            log.warning(
+            # Missing Redis state does not heal by itself: an error, naming the key, for whoever is paged.
+            (log.error if isinstance(failure, StateMissing) else log.warning)(
                 "batch_retry",
                 cause=cause,
                 error=str(failure),
@@ -247,12 +261,17 @@ class Loop:
         for (topic, partition), offset in firsts.items():
             if (topic, partition) not in assigned:
                 continue  # its next owner starts from the committed offset
-            try:
-                self._consumer.seek(TopicPartition(topic, partition, offset))
-                rewound.append(f"{topic}:{partition}:{offset}")
-            except KafkaException as error:
-                log.error("rewind_failed", topic=topic, partition=partition, offset=offset, error=str(error))
+            self._rewind(topic, partition, offset)
+            rewound.append(f"{topic}:{partition}:{offset}")
         log.warning("batch_dropped", reason=reason, rewound=rewound)
+
+    def _rewind(self, topic: str, partition: int, offset: int) -> None:
+        """Read `topic:partition` again from `offset`; raises `RewindFailed` when the consumer refuses."""
+        try:
+            self._consumer.seek(TopicPartition(topic, partition, offset))
+        except KafkaException as error:
+            log.error("rewind_failed", topic=topic, partition=partition, offset=offset, error=str(error))
+            raise RewindFailed(f"{topic}:{partition} could not be rewound to {offset}: {error}") from error
 
     def _back_off(self, delay: float, batch: set[TP]) -> None:
         """Wait with every partition paused, serving rebalances; ends early at a stop or when a partition of
@@ -261,11 +280,13 @@ class Loop:
         deadline = self._clock.monotonic() + delay
         try:
             while self._clock.monotonic() < deadline and not (self._stopping.is_set() or self._revoked & batch):
-                stray = self._consumer.consume(self.settings.batch_size, min(0.2, delay))
+                stray = [
+                    m for m in self._consumer.consume(self.settings.batch_size, min(0.2, delay)) if self._usable(m)
+                ]
                 self.health.polled()
                 for (topic, partition), offset in first_offsets(stray).items():
                     # Fetched before the pause, or from a partition assigned meanwhile: read them again later.
-                    self._consumer.seek(TopicPartition(topic, partition, offset))
+                    self._rewind(topic, partition, offset)
         finally:
             self._consumer.resume(self._consumer.assignment())
 

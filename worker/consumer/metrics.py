@@ -46,6 +46,19 @@ RETRIES = Counter("worker_batch_retries", "Batches retried after a Redis or Kafk
 PRODUCER_FENCED = Counter(
     "worker_producer_fenced", "Transactional producers fenced by another producer with the same transactional.id"
 )
+# Redis memory (INFO memory of each primary), read by the loop between batches: alerts compare the two.
+REDIS_USED_MEMORY = Gauge(
+    "worker_redis_used_memory_bytes",
+    "Memory used by a Redis primary",
+    ["node"],
+    multiprocess_mode="livemostrecent",  # every process reads the same servers
+)
+REDIS_MAXMEMORY = Gauge(
+    "worker_redis_maxmemory_bytes",
+    "maxmemory of a Redis primary (0: no limit)",
+    ["node"],
+    multiprocess_mode="livemostrecent",
+)
 READY = Gauge(
     "worker_ready", "1 when Kafka and Redis are reachable and partitions are assigned", multiprocess_mode="livemin"
 )

@@ -10,7 +10,9 @@ A `Sink` is a checkpoint. The loop calls, per batch, `begin`, `send`, `commit` (
 
 `commit` returns once the batch is committed, or raises one of three outcomes (siblings: none is a kind of
 another):
-- `CommitUncertain`: the commit may still succeed (a timeout): call `commit` again, never redo the batch.
+- `CommitUncertain`: the commit was asked for and may still succeed (`commit_transaction` or the offset commit
+  timed out): call `commit` again, never redo the batch. A timeout before that (`send_offsets_to_transaction`)
+  is a `RetryBatch`: nothing of the batch is committed until `commit_transaction`.
 - `RetryBatch`: the batch is certainly not committed (the sink has aborted it): run it again.
 - `PartitionsLost`: not committed, and the group moved on (generation or membership changed): drop the
   batch and rewind; whatever partitions are still ours are read again.
@@ -21,9 +23,12 @@ transaction either way, and then the group's committed offsets tell: at the batc
 
 from __future__ import annotations
 
+import contextlib
+import time
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
@@ -145,12 +150,21 @@ class Sink:
                 produce(out.topic, out.value, out.key, headers=out.headers)
             except (BufferError, KafkaException):
                 self._produce(out)  # nothing was queued: the loop below waits, retries or stubs it
-        self._producer.poll(0)
+        self._poll(0)
+
+    def _poll(self, timeout: float) -> None:
+        """Serve delivery reports. A fatal error is raised by the poll that serves it (a fencing often
+        surfaces here, after the produce calls): the batch is not sent."""
+        try:
+            self._producer.poll(timeout)
+        except KafkaException as error:
+            self._not_sent(error)
 
     def commit(self, offsets: list[TopicPartition]) -> None:
         """Make the batch's outputs durable together with `offsets` (the input positions after the batch; none
         for a timeout scan). Blocks on Kafka up to the sink's timeout. Returns once committed, or raises:
-        `CommitUncertain` (it may still succeed: call `commit` again, never redo nor abort the batch),
+        `CommitUncertain` (the commit itself was asked for and may still succeed: call `commit` again, never
+        redo nor abort the batch),
         `RetryBatch` (certainly not committed, already aborted: run the batch again) or `PartitionsLost` (not
         committed and the group moved on: drop the batch and rewind)."""
         raise NotImplementedError
@@ -161,7 +175,24 @@ class Sink:
 
     def close(self, timeout: float) -> None:
         """At shutdown, within `timeout` seconds: end what is open, deliver what was queued."""
-        self._producer.flush(timeout)
+        if not _drain(self._producer, timeout):  # else the process exits with it: close() would wait without limit
+            _close(self._producer)
+
+    def _replace_producer(self) -> None:
+        """A new producer after a fatal error. The old one is closed first, deliberately, never left to the
+        garbage collector (issue 19, defect 6: a worker whose fenced producer was dropped died of heap
+        corruption; `tests/integration/consumer/fence_loop.py` reproduced it). The order librdkafka documents:
+        purge what is queued and in flight, serve the purged messages' delivery reports (poll), then close
+        (rd_kafka_destroy). The fatal error surfaces once, at the first poll: confluent-kafka raises it there,
+        and a `flush` that serves it goes on calling callbacks with the exception set (SystemError). Nothing
+        of the old producer counts: its batch is aborted or resolved anyway."""
+        old = self._producer
+        old.purge(in_queue=True, in_flight=True, blocking=True)
+        if pending := _drain(old, self._timeout):
+            log.warning("old_producer_not_drained", pending=pending)  # close() waits for librdkafka's timeouts
+        _close(old)
+        self._error = None  # the purged deliveries' reports belong to the old producer
+        self._producer = self._new_producer(self._producer_config())
 
     def _produce(self, out: Output) -> None:
         while True:
@@ -169,13 +200,13 @@ class Sink:
                 self._producer.produce(out.topic, out.value, out.key, headers=out.headers)
                 return
             except BufferError:  # local queue full: let deliveries drain
-                self._producer.poll(0.05)
+                self._poll(0.05)
             except KafkaException as error:
                 if error.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE or out.value is None:
                     self._not_sent(error)
                 out = self._stub(out, "the producer's message.max.bytes")
 
-    def _not_sent(self, error: KafkaException) -> None:
+    def _not_sent(self, error: KafkaException) -> NoReturn:
         """A produce call failed for another reason than size: the batch is not committed; raises."""
         raise RetryBatch(str(error.args[0])) from error
 
@@ -218,7 +249,10 @@ class AtLeastOnceSink(Sink):
         return {**self._config, "enable.idempotence": True, "acks": "all"}
 
     def commit(self, offsets: list[TopicPartition]) -> None:
-        remaining = self._producer.flush(self._timeout)
+        try:
+            remaining = self._producer.flush(self._timeout)
+        except KafkaException as error:  # a fatal error, raised by the poll that serves it
+            self._not_sent(error)
         if self._error is not None:
             raise RetryBatch(f"output not delivered: {self._error}")
         if remaining:
@@ -237,13 +271,14 @@ class AtLeastOnceSink(Sink):
 
     def abort(self, timeout: float | None = None) -> None:
         self._producer.purge(in_queue=True, in_flight=False, blocking=False)
-        self._producer.poll(0)
+        with contextlib.suppress(KafkaException):  # a fatal error stays: the next produce raises it again
+            self._producer.poll(0)
         self._error = None
 
-    def _not_sent(self, error: KafkaException) -> None:
+    def _not_sent(self, error: KafkaException) -> NoReturn:
         if error.args[0].fatal():  # the idempotent producer gave up its guarantees: a new one
             log.warning("producer_fatal_error", error=str(error.args[0]))
-            self._producer = self._new_producer(self._producer_config())
+            self._replace_producer()
         super()._not_sent(error)
 
 
@@ -256,8 +291,13 @@ class TransactionalSink(Sink):
         dlq_topic: str,
         new_producer: NewProducer,
         ids: TransactionalId,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._ids = ids
+        """`clock`: monotonic seconds, to tell a fencing by the coordinator's transaction timeout from a twin's."""
+        self._ids, self._clock = ids, clock
+        # librdkafka's default; the coordinator aborts a transaction open longer (and bumps the producer's epoch)
+        self._transaction_timeout = int(config.get("transaction.timeout.ms", 60_000)) / 1000
+        self._began = 0.0  # when the open transaction began
         super().__init__(config, consumer, timeout, dlq_topic, new_producer)
         self._ready = False  # init_transactions done for the current producer
         self._open = False  # a transaction is begun and neither committed nor aborted
@@ -286,7 +326,7 @@ class TransactionalSink(Sink):
                 self._producer.abort_transaction(self._timeout)
                 self._open = False
             self._producer.begin_transaction()
-            self._open, self._offsets_sent = True, False
+            self._open, self._offsets_sent, self._began = True, False, self._clock()
         except KafkaException as error:
             self._not_sent(error)
 
@@ -322,7 +362,8 @@ class TransactionalSink(Sink):
 
     def close(self, timeout: float) -> None:
         self.abort(timeout / 2)
-        super().close(timeout / 2)
+        if not self._open:  # else a commit whose outcome is unknown: close() would abort it, without limit
+            super().close(timeout / 2)
 
     def _init(self) -> None:
         if not self._ready:
@@ -340,7 +381,12 @@ class TransactionalSink(Sink):
                 self._unresolved = True
                 return
             raise RetryBatch(str(kafka_error)) from error
-        if kafka_error.txn_requires_abort():
+        if kafka_error.txn_requires_abort() or not self._committing:
+            # Before commit_transaction (a retriable error of send_offsets_to_transaction: "retriable but not
+            # resumable") nothing of this transaction can commit without us: abort it and redo the batch, or
+            # drop it if a partition moved meanwhile. Sending its offsets again later would attach them with
+            # the consumer's group metadata of then, which the coordinator accepts even for a partition that
+            # moved (it checks the member's generation, not the partition's owner).
             self._committing = False
             self.abort()
             if kafka_error.code() in GROUP_MOVED:
@@ -371,7 +417,7 @@ class TransactionalSink(Sink):
         if behind:
             raise RetryBatch(f"the fatal error came before the commit: group offsets {behind}")
 
-    def _not_sent(self, error: KafkaException) -> None:
+    def _not_sent(self, error: KafkaException) -> NoReturn:
         kafka_error: KafkaError = error.args[0]
         if kafka_error.fatal():
             self._renew(kafka_error)
@@ -381,12 +427,36 @@ class TransactionalSink(Sink):
 
     def _renew(self, error: KafkaError) -> None:
         """A fatal producer error (fenced, epoch bumped): a new producer, with a new transactional.id if the
-        old one is shared (see `TransactionalId`)."""
+        old one is shared (see `TransactionalId`). A transaction open longer than `transaction.timeout.ms` was
+        aborted by the coordinator, which bumped the epoch: librdkafka reports that as the same `_FENCED`, but
+        no other producer is involved, so the id is kept (a restart with it aborts what is open at once)."""
         log.warning("producer_fatal_error", error=str(error), code=error.name())
-        if error.code() in FENCING:
+        open_s = self._clock() - self._began if self._open else 0.0
+        if error.code() in FENCING and open_s >= self._transaction_timeout:
+            log.warning("transaction_timed_out", open_s=round(open_s, 1), timeout_s=self._transaction_timeout)
+        elif error.code() in FENCING:
             self._ids.fenced()
-        self._producer = self._new_producer(self._producer_config())
+        self._replace_producer()
         self._ready = self._open = self._committing = self._offsets_sent = False
+
+
+def _drain(producer: KafkaProducer, timeout: float) -> int:
+    """Serve `producer`'s delivery reports and events until none is left or `timeout` passed; what is left. A
+    fatal error raised by a poll is the one the sink already handled (or a last one at shutdown): served."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(KafkaException):
+            producer.poll(min(0.1, max(0.0, deadline - time.monotonic())))
+        if not (left := len(producer)) or time.monotonic() >= deadline:
+            return left
+
+
+def _close(producer: KafkaProducer) -> None:
+    """Destroy the client and its threads. Its open transaction, if any, is aborted by close() or by the next
+    producer's init_transactions; a fenced one cannot abort (confluent-kafka warns: expected, not shown)."""
+    with warnings.catch_warnings(), contextlib.suppress(KafkaException):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        producer.close()
 
 
 def _identity(out: Output) -> OutputId:

@@ -4,7 +4,8 @@ uses one core; this uses every core the container may use.
 Promises:
 - Each child is `python -m worker run` with `WORKER_PROCESSES=1` and a few settings of its own: its own
   consumer group member, its own transactional id (`<base>-<index>`, the same for a child restarted in its
-  slot, so the restart fences its previous self), its own health port on 127.0.0.1-reachable `:<free port>`.
+  slot, so the restart fences its previous self; without `WORKER_TRANSACTIONAL_ID` it is still the default,
+  with the host-network fallback), its own health port on 127.0.0.1-reachable `:<free port>`.
   The supervisor knows nothing of the loop: it starts processes and reads their HTTP endpoints.
 - One `/metrics` for all, on `WORKER_METRICS_PORT`: prometheus-client's multiprocess mode (the children
   write their samples to files in a private temporary `PROMETHEUS_MULTIPROC_DIR`; a child's live gauges are
@@ -86,7 +87,10 @@ def process_count(setting: int | Literal["auto"], quota: int | None, affinity: i
 
 
 def child_transactional_id(settings: Settings, index: int) -> str:
-    """The configured transactional id (or `<group>-<hostname>`, stable per pod) with the child's index."""
+    """The configured transactional id (or `<group>-<hostname>`, stable per pod) with the child's index. Only a
+    configured one is passed on as `WORKER_TRANSACTIONAL_ID`: the default reaches the child as its slot
+    (`WORKER_PROCESS_INDEX`), so the child still takes a unique id at its first fencing (two host-network pods
+    on one node have one hostname)."""
     base = settings.transactional_id or f"{settings.group_id}-{socket.gethostname()}"
     return f"{base}-{index}"
 
@@ -170,12 +174,15 @@ class Supervisor:
         )
 
     def _child_env(self, index: int) -> dict[str, str]:
-        return {
+        env = {
             **self.environ,
             "WORKER_PROCESSES": "1",
-            "WORKER_TRANSACTIONAL_ID": child_transactional_id(self.settings, index),
+            "WORKER_PROCESS_INDEX": str(index),
             "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir,
         }
+        if self.settings.transactional_id:
+            env["WORKER_TRANSACTIONAL_ID"] = child_transactional_id(self.settings, index)
+        return env
 
     def run(self) -> int:
         """Start the children, keep them running until SIGTERM/SIGINT, stop them; the exit code."""

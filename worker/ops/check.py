@@ -1,4 +1,5 @@
-"""`python -m worker check`: are Kafka, the topics and Redis there as configured, and is Redis durable?"""
+"""`python -m worker check`: are Kafka, the topics and Redis there as configured, is Redis durable, and does it keep
+the worker's state at its memory limit (noeviction)?"""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from confluent_kafka.admin import AdminClient
 
 from worker.config import Settings
 from worker.ops.dlq import QUIET
-from worker.state.client import Client, on_node, primaries, redis_client
+from worker.ops.topics import worker_topics
+from worker.state.client import NO_EVICTION, Client, memory, on_node, primaries, redis_client
 
 
 @dataclass
@@ -58,10 +60,7 @@ def check_kafka(settings: Settings, timeout: float, report: Report) -> None:
     report.ok(f"Kafka at {bootstrap} answers, {len(metadata.brokers)} broker(s)")
     if overlap := set(settings.input_topics) & {settings.output_topic, settings.dlq_topic, settings.control_topic}:
         report.problem(f"topic(s) {sorted(overlap)} are both input and output — fix WORKER_INPUT_TOPICS")
-    roles = [("input", name, "WORKER_INPUT_TOPICS") for name in settings.input_topics]
-    roles += [("output", settings.output_topic, "WORKER_OUTPUT_TOPIC"), ("DLQ", settings.dlq_topic, "WORKER_DLQ_TOPIC")]
-    roles.append(("control", settings.control_topic, "WORKER_CONTROL_TOPIC"))
-    for role, name, variable in roles:
+    for role, name, variable in worker_topics(settings):
         topic = metadata.topics.get(name)
         if topic is None or topic.error is not None or not topic.partitions:
             report.problem(f"{role} topic {name!r} does not exist — create it or fix {variable}")
@@ -82,6 +81,7 @@ def check_redis(settings: Settings, timeout: float, report: Report) -> None:
         report.ok(f"Redis at {where} answers PING, {len(nodes)} primary node(s)")
         for node in nodes:
             check_redis_node(client, node, settings.redis_min_replicas, report)
+        check_redis_memory(client, report)
     except redis.RedisError as error:
         report.problem(f"Redis at {where} failed during the check ({error})")
     finally:
@@ -134,6 +134,38 @@ def check_redis_node(client: Client, node: Any, min_replicas: int, report: Repor
             f"{name} has {replicas} replica(s) but WORKER_REDIS_MIN_REPLICAS is 0: a failover to a replica that "
             "missed the last writes loses them — set WORKER_REDIS_MIN_REPLICAS"
         )
+
+
+EVICTS = (
+    "at maxmemory it evicts keys instead of refusing writes: evicted dedupe claims let copies through as new "
+    "records, evicted parts of open changes lose users or leave a change stuck on missing state"
+)
+
+
+def check_redis_memory(client: Client, report: Report) -> None:
+    """Every primary: `maxmemory-policy noeviction` (a problem otherwise, and `run` refuses to start), and a
+    `maxmemory` below the host's memory (a warning without one)."""
+    try:
+        nodes = memory(client)
+    except redis.ResponseError as error:  # INFO denied
+        report.warning(f"cannot read Redis INFO memory ({error}): make sure maxmemory-policy is noeviction")
+        return
+    for node in nodes:
+        name = "Redis" if node.node == "redis" else f"Redis node {node.node}"
+        if node.policy != NO_EVICTION:
+            report.problem(f"{name} has maxmemory-policy {node.policy}: {EVICTS} — set maxmemory-policy noeviction")
+        elif not node.maxmemory:
+            report.warning(
+                f"{name} has no maxmemory ({_mb(node.used)} used): it grows until the host or its container kills "
+                "it, then the workers wait for it — set maxmemory below its memory limit (README: Redis sizing)"
+            )
+        else:
+            share = node.used / node.maxmemory
+            report.ok(f"{name}: noeviction, {_mb(node.used)} of maxmemory {_mb(node.maxmemory)} used ({share:.0%})")
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1_000_000:.1f} MB"
 
 
 def _text(value: object) -> str | None:

@@ -56,7 +56,7 @@ class Validation:
             f" has no final part: its {len(c.state.users)} user(s) would be emitted with complete: false after "
             "WORKER_BATCH_TIMEOUT_SECONDS"
             for change_id, c in self.offline.changes.changes.items()
-            if not c.state.closed
+            if c.info is not None and not c.state.closed
         ]
 
     def summary(self, records: int) -> str:

@@ -178,10 +178,10 @@ class Processor:
         emitted += [_membership_emission(closed, tag) for closed, tag in closures if closed.emission.users]
         superseded = iter(self._verdicts(seen, emitted))
         group_counts: list[GroupCount] = []
-        for event, _tag in groups:
+        for event, tag in groups:
             record = group_change(event, superseded=next(superseded))
             self._emit(result, record)
-            if not record["superseded"] and (count := counted(record)) is not None:
+            if not record["superseded"] and (count := counted(record, tag)) is not None:
                 group_counts.append(count)
         for closed, _tag in closures:
             self._emit_closure(result, closed, superseded=bool(closed.emission.users) and next(superseded))

@@ -137,7 +137,7 @@ class MemoryDedupe:
 
 @dataclass
 class MemoryChange:
-    info: ChangeInfo  # of its first part, as the Redis store keeps it
+    info: ChangeInfo | None = None  # of its first part, as the Redis store keeps it (None: no part yet)
     state: ChangeState = field(default_factory=ChangeState)
 
 
@@ -153,17 +153,17 @@ class MemoryChangeStore:
         out: list[Closed | None] = []
         for info, part in parts:
             self.deadlines.setdefault(info["change_id"], now_ms + self.timeout_ms)
-            change = self.changes.setdefault(info["change_id"], MemoryChange(info))
+            change = self.changes.setdefault(info["change_id"], MemoryChange())
+            if change.info is None:
+                change.info = info
             out.append(_closed(change, apply_part(change.state, part, self.chunk)))
         return out
 
     def apply_commands(self, commands: Sequence[tuple[Command, str]]) -> list[Closed | None]:
         out: list[Closed | None] = []
         for command, tag in commands:
-            change = self.changes.get(command.change_id)
-            if change is None:
-                out.append(None)
-            elif command.cursor is None:
+            change = self.changes.setdefault(command.change_id, MemoryChange())  # an unknown one records the tag
+            if command.cursor is None:
                 out.append(_closed(change, apply_timeout(change.state, tag, self.chunk)))
             else:
                 out.append(_closed(change, apply_continue(change.state, tag, command.cursor, self.chunk)))
@@ -186,16 +186,20 @@ class MemoryChangeStore:
 @dataclass
 class MemoryTenantGroups:
     groups: dict[str, set[str]] = field(default_factory=dict)  # tenant -> live group ids
+    applied: dict[tuple[str, str], int] = field(default_factory=dict)  # (tenant, tag) -> the size it gave
 
     def apply(self, changes: Sequence[GroupCount]) -> list[int]:
         sizes = []
         for change in changes:
-            live = self.groups.setdefault(change.tenant_id, set())
-            if change.created:
-                live.add(change.group_id)
-            else:
-                live.discard(change.group_id)
-            sizes.append(len(live))
+            key = change.tenant_id, change.tag
+            if key not in self.applied:
+                live = self.groups.setdefault(change.tenant_id, set())
+                if change.created:
+                    live.add(change.group_id)
+                else:
+                    live.discard(change.group_id)
+                self.applied[key] = len(live)
+            sizes.append(self.applied[key])
         return sizes
 
 
@@ -208,4 +212,7 @@ class MemoryRecency:
 
 
 def _closed(change: MemoryChange, emission: Emission | None) -> Closed | None:
-    return None if emission is None else Closed(change.info, emission)
+    if emission is None:
+        return None
+    assert change.info is not None  # only a change a part was applied to emits
+    return Closed(change.info, emission)

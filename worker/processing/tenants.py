@@ -28,19 +28,23 @@ TRACKED_TENANTS: Final = 1_000  # last counts kept in memory to pick the top one
 
 @dataclass(frozen=True, slots=True)
 class GroupCount:
-    """A change of a tenant's set of live groups: its group created (`created`) or deleted."""
+    """A change of a tenant's set of live groups: its group created (`created`) or deleted, by the input message
+    at `tag` (its position). A tag applied before changes nothing again and gives the size it gave then: a
+    zombie's run of a committed creation cannot re-add a group deleted since."""
 
     tenant_id: str
     group_id: str
     created: bool
     event_id: str
+    tag: str
 
 
-def counted(record: GroupChange) -> GroupCount | None:
+def counted(record: GroupChange, tag: str) -> GroupCount | None:
     """What a group record changes in its tenant's count: creations and deletions do, the rest does not."""
     if record["change"] not in ("created", "deleted"):
         return None
-    return GroupCount(record["tenant_id"], record["group_id"], record["change"] == "created", record["event_id"])
+    created = record["change"] == "created"
+    return GroupCount(record["tenant_id"], record["group_id"], created, record["event_id"], tag)
 
 
 def exceeds_limit(change: GroupCount, size: int) -> bool:

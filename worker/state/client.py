@@ -1,5 +1,5 @@
 """The Redis client: connection (one node or a Redis Cluster), pipelined commands, Lua scripts run in batches,
-and the replica wait.
+the replica wait, each primary's memory, and `StateMissing` (a script's state is gone).
 
 `pipelined` sends a batch of commands in one round trip. To one server it packs them all with hiredis in one
 call and reads the raw replies (no response callbacks: callers take raw replies): redis-py's pipeline costs
@@ -8,15 +8,17 @@ Redis time on a flat batch. To a cluster it is redis-py's cluster pipeline, whic
 
 redis-py's own `Script` objects re-check the script cache with an extra round trip on every pipeline
 execution; here a batch is sent with EVALSHA and only a NOSCRIPT reply (new or restarted Redis, a new cluster
-node) loads the script and re-sends the calls that failed. Every script is idempotent for a replayed call, so
-that is safe. On a cluster, redis-py's cluster pipeline groups the commands by slot and sends one pipeline per
-node; every script call names keys of one hash tag only, so each call runs on one node.
+node) loads the script and re-sends the calls that failed. Every script keeps the tag rule (a call applied
+again changes nothing and returns the same; `docs/guarantees.md`, rule 2), so that is safe. On a cluster,
+redis-py's cluster pipeline groups the commands by slot and sends one pipeline per node; every script call
+names keys of one hash tag only, so each call runs on one node.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
@@ -27,10 +29,17 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from worker.config import Settings
 
+STATE_MISSING = "STATE_MISSING"  # the prefix of a script's error reply for missing state (see `StateMissing`)
 Arg = str | int | float | bytes
 Call = tuple[Sequence[str], Sequence[Arg]]  # (keys, args)
 Command = tuple[Arg, ...]
 Client = redis.Redis | RedisCluster
+
+
+class StateMissing(redis.RedisError):
+    """Redis state that a script needs is gone or not what the scripts write (a key deleted, or evicted by a
+    `maxmemory-policy` other than noeviction): a Redis failure, so the batch is retried, `/readyz` answers
+    503 and the error names the key. It does not heal by itself: see the README's troubleshooting."""
 
 
 class ReplicasBehind(redis.RedisError):
@@ -94,6 +103,34 @@ def server_version(client: Client) -> int:
         return 0
     nodes = [info] if "redis_version" in info else [v for v in info.values() if isinstance(v, dict)]
     return min((int(str(node.get("redis_version", "0")).split(".")[0]) for node in nodes), default=0)
+
+
+# The one maxmemory-policy under which Redis never drops the worker's state: at maxmemory it refuses writes
+# instead (an OOM error reply, retried by the worker like an outage). Every other policy evicts keys: dedupe
+# claims (copies emitted again) or parts of open changes (users lost, or `StateMissing` for good).
+NO_EVICTION = "noeviction"
+
+
+@dataclass(frozen=True)
+class Memory:
+    """One primary's memory (INFO memory): `maxmemory` 0 means no limit."""
+
+    node: str
+    used: int
+    maxmemory: int
+    policy: str
+
+
+def memory(client: Client) -> list[Memory]:
+    """Memory of every primary behind the client (one for a single server). Raises `redis.RedisError`
+    (`ResponseError` where INFO is denied)."""
+    out = []
+    for node in primaries(client):
+        info = on_node(client, node, "INFO", "memory")
+        name = "redis" if node is None else str(node.name)
+        used, limit = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+        out.append(Memory(name, used, limit, str(info.get("maxmemory_policy", ""))))
+    return out
 
 
 def pipelined(client: Client, commands: Sequence[Command]) -> list[Any]:
@@ -186,6 +223,8 @@ class LuaScript:
             for i, result in zip(missing, self._send([calls[i] for i in missing]), strict=True):
                 results[i] = result
         for result in results:
+            if isinstance(result, ResponseError) and str(result).startswith(STATE_MISSING):
+                raise StateMissing(str(result)) from result
             if isinstance(result, Exception):
                 raise result
         return results

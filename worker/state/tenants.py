@@ -1,12 +1,15 @@
 """Tenant group sets in Redis: `worker.processing.stores.TenantGroupStore` (the rules are in
 `worker/processing/tenants.py`).
 
-Key layout:
-- `gew:tenant:{<tenant_id>}:groups`: set of live group ids. A set, not a counter, so replays, duplicates and
-  the same group reported by both formats count once. Changed only by `worker/state/lua/tenant_groups.lua`
-  (one call per tenant per batch, all in one round trip, only for batches that create or delete groups). Its
-  TTL, `TTL_SECONDS`, restarts at every change: it only collects tenants that went away; a tenant without group
-  creations or deletions for that long starts counting from zero again.
+Key layout (one hash tag per tenant):
+- `gew:tenant:{<tenant_id>}:groups`: set of live group ids. A set, not a counter, so duplicates and the same
+  group reported by both formats count once. Changed only by `worker/state/lua/tenant_groups.lua` (one call
+  per tenant per batch, all in one round trip, only for batches that create or delete groups).
+- `gew:tenant:{<tenant_id>}:applied`: hash input position (tag) -> the set's size right after that creation or
+  deletion: a position applied again (a replay, a zombie) changes nothing and gives the same size. One field
+  per group creation or deletion of the tenant within the TTL.
+Their TTL, `TTL_SECONDS`, restarts at every change: it only collects tenants that went away; a tenant without
+group creations or deletions for that long starts counting from zero again.
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ def groups_key(tenant_id: str) -> str:
     return "gew:tenant:{" + tenant_id + "}:groups"
 
 
+def applied_key(tenant_id: str) -> str:
+    return "gew:tenant:{" + tenant_id + "}:applied"
+
+
 class TenantGroups:
     """`worker.processing.stores.TenantGroupStore` in Redis: the sets of live group ids, one per tenant (one key
     per call, so one cluster slot)."""
@@ -39,8 +46,8 @@ class TenantGroups:
         for tenant_id, indexes in by_tenant.items():
             args: list[str | int] = [self._ttl]
             for i in indexes:
-                args += ["+" if changes[i].created else "-", changes[i].group_id]
-            calls.append(([groups_key(tenant_id)], args))
+                args += ["+" if changes[i].created else "-", changes[i].group_id, changes[i].tag]
+            calls.append(([groups_key(tenant_id), applied_key(tenant_id)], args))
         return [int(size) for size in in_batch_order(by_tenant, self._script.run(calls), len(changes))]
 
 

@@ -188,8 +188,8 @@ def test_tenant_groups_script_is_a_set_per_tenant_and_idempotent(stack: Stack, b
     prefix = f"h{next(batches)}-"
     store = TenantGroups(client, ttl_seconds=600)
     model: dict[str, set[str]] = {}
-    for ops in batches_of_ops:
-        changes = [GroupCount(prefix + t, g, created, "e") for t, g, created in ops]
+    for b, ops in enumerate(batches_of_ops):
+        changes = [GroupCount(prefix + t, g, created, "e", f"in:{b}:{i}") for i, (t, g, created) in enumerate(ops)]
         expected = []
         for change in changes:
             groups = model.setdefault(change.tenant_id, set())
@@ -206,6 +206,17 @@ def test_tenant_groups_script_is_a_set_per_tenant_and_idempotent(stack: Stack, b
 
 def test_counts_of_a_batch_are_per_tenant_in_event_order(stack: Stack) -> None:
     store = TenantGroups(connect(stack.redis_url))
-    changes = [GroupCount(t, g, c, "e") for t, g, c in [("a", "1", True), ("b", "1", True), ("a", "2", True)]]
-    changes.append(GroupCount("a", "1", False, "e"))
+    ops = [("a", "1", True), ("b", "1", True), ("a", "2", True), ("a", "1", False)]
+    changes = [GroupCount(t, g, c, "e", f"in:0:{i}") for i, (t, g, c) in enumerate(ops)]
     assert store.apply(changes) == [1, 1, 2, 1]
+
+
+def test_a_creation_applied_again_after_the_deletion_changes_nothing(stack: Stack) -> None:
+    """Issue 19, the tag rule for the tenant sets: a zombie's run of a committed group creation, after the
+    group's deletion committed, re-added the group for good (the count stayed one too high)."""
+    store = TenantGroups(connect(stack.redis_url))
+    created, deleted = GroupCount("z", "g", True, "e1", "in:0:1"), GroupCount("z", "g", False, "e2", "in:0:2")
+    assert store.apply([created]) == [1]
+    assert store.apply([deleted]) == [0]
+    assert store.apply([created]) == [1]  # what it returned the first time
+    assert store.apply([GroupCount("z", "h", True, "e3", "in:0:3")]) == [1]  # g was not re-added

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from confluent_kafka import Message, Producer
 
 from tests.integration.helpers import Stack
@@ -35,7 +36,17 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
 @pytest.fixture
 def durable_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:
     """A Redis as `check` wants it (the session's runs without AOF), as WORKER_REDIS_URL."""
-    server = redis_server(tmp_path, "--appendonly", "yes", "--appendfsync", "always")
+    server = redis_server(
+        tmp_path,
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--maxmemory",
+        "64mb",
+        "--maxmemory-policy",
+        "noeviction",
+    )
     monkeypatch.setenv("WORKER_REDIS_URL", server.address)
     yield server
     server.stop()
@@ -56,7 +67,39 @@ def test_check_passes_on_a_complete_stack(
     assert f"ok: control topic '{env.control_topic}': 3 partition(s)" in lines
     assert f"ok: Redis at {durable_redis.address} answers PING, 1 primary node(s)" in lines
     assert any(line.startswith("ok: Redis: version ") and "AOF on, appendfsync always" in line for line in lines)
+    assert any(line.startswith("ok: Redis: noeviction, ") and "of maxmemory 67.1 MB used" in line for line in lines)
     assert lines[-1] == "check: all good, 0 warning(s)"
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-ttl"])
+def test_check_fails_on_a_redis_that_evicts(
+    env: Stack, durable_redis: Service, capsys: pytest.CaptureFixture[str], policy: str
+) -> None:
+    """Issue 19, defect 3: `check` ignored maxmemory-policy; managed services often default to evicting ones."""
+    env.create_topics()
+    redis.Redis.from_url(durable_redis.address).config_set("maxmemory-policy", policy)
+
+    code, out, _ = run(["check"], capsys)
+
+    assert code == 1
+    assert [line for line in out.splitlines() if line.startswith("problem:")] == [
+        f"problem: Redis has maxmemory-policy {policy}: at maxmemory it evicts keys instead of refusing writes: "
+        "evicted dedupe claims let copies through as new records, evicted parts of open changes lose users or "
+        "leave a change stuck on missing state — set maxmemory-policy noeviction"
+    ]
+
+
+def test_check_warns_about_a_redis_without_maxmemory(
+    env: Stack, durable_redis: Service, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.create_topics()
+    redis.Redis.from_url(durable_redis.address).config_set("maxmemory", 0)
+
+    code, out, _ = run(["check"], capsys)
+
+    assert code == 0
+    [warning] = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert warning.startswith("warning: Redis has no maxmemory (") and "set maxmemory below its memory limit" in warning
 
 
 def test_check_fails_on_a_redis_without_aof(env: Stack, capsys: pytest.CaptureFixture[str]) -> None:

@@ -53,7 +53,7 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 30) -> Non
 @pytest.fixture
 def durable_pair(tmp_path: Path) -> Iterator[tuple[Service, Service]]:
     """A primary with AOF always and one replica that has caught up."""
-    primary = redis_server(tmp_path, "--appendonly", "yes", "--appendfsync", "always")
+    primary = redis_server(tmp_path, "--appendonly", "yes", "--appendfsync", "always", "--maxmemory", "256mb")
     replica = redis_server(tmp_path, "--replicaof", HOST, str(port_of(primary)))
     try:
         follower = redis.Redis.from_url(replica.address)

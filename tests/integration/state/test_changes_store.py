@@ -13,9 +13,10 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.change_model import CHUNKS, FINALS, PARTS_USERS, STEPS, play
+from tests.support.change_model import change_info as info
 from worker.processing.control import Command
 from worker.processing.reassembly import Part
-from worker.processing.records import ChangeInfo
 from worker.processing.stores import MemoryChangeStore
 from worker.state.changes import DEADLINES, RedisChangeStore, change_keys
 
@@ -34,18 +35,6 @@ changes = itertools.count()
 
 def store(client: redis.Redis, chunk: int = CHUNK) -> RedisChangeStore:
     return RedisChangeStore(client, timeout_ms=TIMEOUT_MS, ttl_seconds=600, resend_ms=RESEND_MS, chunk=chunk)
-
-
-def info(change_id: str) -> ChangeInfo:
-    return {
-        "change_id": change_id,
-        "tenant_id": "t",
-        "group_id": "g",
-        "group_name": "G",
-        "change": "group_updated",
-        "updates": [],
-        "occurred_at": "2024-01-01T00:00:00.000Z",
-    }
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -75,8 +64,8 @@ def test_the_redis_store_agrees_with_the_in_memory_one(client: redis.Redis, ops:
 
 
 def dump(client: redis.Redis, change_id: str) -> list[object]:
-    users, order, emitted, meta, chunks = change_keys(change_id)
-    hashes = [client.hgetall(key) for key in (users, emitted, meta, chunks)]
+    users, order, meta, applied, _legacy = change_keys(change_id)
+    hashes = [client.hgetall(key) for key in (users, meta, applied)]
     return [client.lrange(order, 0, -1), *hashes]
 
 
@@ -86,7 +75,8 @@ def test_a_change_closed_by_its_first_part_is_stored_as_the_general_path_stores_
     client: redis.Redis, users: tuple[str, ...], chunk: int
 ) -> None:
     """change.lua's short path (a change seen first in its final part) against its general one, reached by an
-    empty part first, which writes nothing but the change info: the same emission and the same state."""
+    empty part first, which writes nothing but the change info and its own tag: the same emission and the same
+    state."""
     fast, general = f"fast-{next(changes)}", f"general-{next(changes)}"
     s = store(client, chunk)
     final = Part("in:0:1", "e1", users, True)
@@ -96,7 +86,9 @@ def test_a_change_closed_by_its_first_part_is_stored_as_the_general_path_stores_
     assert short is not None and long is not None
     assert short.emission == long.emission and short.info == info(fast) and long.info == info(general)
     fast_state, general_state = dump(client, fast), dump(client, general)
-    fast_meta, general_meta = fast_state[3], general_state[3]  # order, users, emitted, meta, chunks
+    fast_meta, general_meta = fast_state[2], general_state[2]  # order, users, meta, applied
+    general_applied = general_state[3]
+    assert isinstance(general_applied, dict) and general_applied.pop(b"in:0:0") == b""
     assert isinstance(fast_meta, dict) and isinstance(general_meta, dict)
     assert fast_meta.pop(b"info") == orjson.dumps(info(fast)) and general_meta.pop(b"info") == orjson.dumps(
         info(general)
@@ -104,21 +96,36 @@ def test_a_change_closed_by_its_first_part_is_stored_as_the_general_path_stores_
     assert fast_state == general_state
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunk=CHUNKS, users=PARTS_USERS, final=FINALS, steps=STEPS)
+def test_every_user_is_committed_once_whatever_zombies_do_on_the_lua_scripts(
+    client: redis.Redis, chunk: int, users: list[list[str]], final: int | None, steps: list[tuple[str, int, bool]]
+) -> None:
+    """Issue 19, defects 2 and 4, on change.lua: the worker-group model of tests/support/change_model.py (aborts,
+    replays, copies, commands and zombies re-running committed positions at any moment) commits every user of
+    the change exactly once, and no emission is larger than a chunk."""
+    play(store(client, chunk), f"model-{next(changes)}", chunk, users, final, steps)
+
+
 def test_change_keys_share_one_hash_tag_and_expire(client: redis.Redis) -> None:
     s = store(client)
     (closed,) = s.apply_parts([(info("c-info"), Part("in:0:1", "e1", ("u", "v", "w"), True))], 0)
     assert closed is not None and closed.info == info("c-info") and closed.emission.next_cursor == 2
     keys = sorted(k.decode() for k in client.keys("gew:change:{c-info}:*"))
-    assert keys == sorted(change_keys("c-info")) and all(0 < client.ttl(k) <= 600 for k in keys)
+    assert keys == sorted(change_keys("c-info")[:4]) and all(0 < client.ttl(k) <= 600 for k in keys)  # not chunks
     assert client.ttl(DEADLINES) > 0
     s.settle(["c-info"])
     assert s.open_changes() == 0
 
 
-def test_a_command_for_an_unknown_change_emits_and_writes_nothing(client: redis.Redis) -> None:
+def test_a_command_for_an_unknown_change_emits_nothing_and_writes_only_its_tag(client: redis.Redis) -> None:
+    """Its tag is recorded (issue 19, the tag rule): run again after parts arrived, it must still do nothing."""
     s = store(client)
     assert s.apply_commands([(Command("never-seen"), "ctl:0:1"), (Command("never-seen", 4), "ctl:0:2")]) == [None, None]
-    assert client.keys("gew:change:*") == []
+    applied = change_keys("never-seen")[3]
+    assert client.keys("gew:change:*") == [applied.encode()] and 0 < client.ttl(applied) <= 600
+    assert s.apply_parts([(info("never-seen"), Part("in:0:1", "e1", ("u",), False))], 0) == [None]
+    assert s.apply_commands([(Command("never-seen"), "ctl:0:1")]) == [None]
 
 
 def test_a_scan_moves_on_from_the_changes_it_took(client: redis.Redis) -> None:
@@ -155,3 +162,59 @@ def test_a_large_change_is_emitted_in_bounded_chunks_each_user_once(client: redi
     assert emitted == users and steps == 7
     slow = client.slowlog_get(128)
     assert all(entry["duration"] < 1_000_000 for entry in slow)  # no call near a second
+
+
+def test_a_tag_applied_again_writes_nothing(client: redis.Redis) -> None:
+    """The tag rule in Redis: after a close, run every earlier message again (a zombie): the same replies, and
+    not one byte of the change's state changes."""
+    s = store(client)
+    parts = [
+        (info("again"), Part(f"in:0:{i}", f"e{i}", tuple(f"u{i}-{j}" for j in range(3)), i == 2)) for i in range(4)
+    ]
+    commands = [(Command("again", 2), "ctl:0:1"), (Command("again"), "ctl:0:2"), (Command("again", 4), "ctl:0:3")]
+    first = [s.apply_parts([p], 0) for p in parts[:3]] + [s.apply_commands([c]) for c in commands]
+    first.append(s.apply_parts([parts[3]], 0))  # a late part
+    before = dump(client, "again")
+    again = [s.apply_parts([p], 0) for p in parts[:3]] + [s.apply_commands([c]) for c in commands]
+    again.append(s.apply_parts([parts[3]], 0))
+    assert again == first and dump(client, "again") == before
+
+
+def test_late_parts_are_emitted_in_chunks(client: redis.Redis) -> None:
+    """Issue 19, defect 4, in Redis: after a timeout, late parts of 2,500 new users each (a restart's first batch
+    can hold tens of them) emit at most one chunk each; the chain brings the rest, each user once."""
+    s = store(client, chunk=2_000)
+    s.apply_parts([(info("late"), Part("in:0:0", "e0", ("first",), False))], 0)
+    (closed,) = s.apply_commands([(Command("late"), "ctl:0:0")])
+    assert closed is not None and [u for u, _ in closed.emission.users] == ["first"]
+    late = [
+        (info("late"), Part(f"in:0:{i}", f"e{i}", tuple(f"user-{i}-{j}" for j in range(2_500)), False))
+        for i in range(1, 9)
+    ]
+    results = s.apply_parts(late, 0)
+    emitted = [u for r in results if r is not None for u, _ in r.emission.users]
+    assert max(len(r.emission.users) for r in results if r is not None) <= 2_000
+    cursors = [r.emission.next_cursor for r in results if r is not None and r.emission.next_cursor is not None]
+    position = itertools.count(1)
+    while cursors:
+        (step,) = s.apply_commands([(Command("late", cursors.pop()), f"ctl:0:{next(position)}")])
+        assert step is not None and len(step.emission.users) <= 2_000 and step.emission.late
+        emitted += [u for u, _ in step.emission.users]
+        cursors += [step.emission.next_cursor] if step.emission.next_cursor is not None else []
+    assert sorted(emitted) == sorted(u for _, p in late for u in p.users)
+
+
+def test_a_change_closed_by_a_worker_of_the_previous_layout_goes_on(client: redis.Redis) -> None:
+    """An upgrade over a change closed mid-chain by a worker before issue 19 (meta `end`, no `late_from`, ranges in
+    `chunks`): the replay of a chunk that worker began emits its range, and the chain goes on from `next`
+    instead of failing on missing state or skipping the chunk."""
+    users, order, meta, _applied, chunks = change_keys("old")
+    client.hset(users, mapping={u: "e1" for u in "abcdef"})
+    client.rpush(order, *"abcdef")
+    client.hset(meta, mapping={"info": orjson.dumps(info("old")), "final": "in:0:1", "end": 6, "next": 4})
+    client.hset(chunks, mapping={"in:0:1": "0:2", "ctl:0:1": "2:4"})  # the close, and a continue in flight
+    (replayed,) = store(client).apply_commands([(Command("old", 2), "ctl:0:1")])  # its replay after the upgrade
+    assert replayed is not None and [u for u, _ in replayed.emission.users] == ["c", "d"]
+    assert replayed.emission.next_cursor == 4
+    (step,) = store(client).apply_commands([(Command("old", 4), "ctl:0:2")])
+    assert step is not None and [u for u, _ in step.emission.users] == ["e", "f"] and not step.emission.late

@@ -22,22 +22,26 @@ from tests.integration.helpers import Stack
 from worker.local.samples import seed_example
 from worker.local.stack import HOST, Service, free_port, redis_server_binary, start_redis
 from worker.state.client import connect
+from worker.state.upstream import last_accepted, record_accepted
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[3]
 USER = "group-events-worker"
+INGEST_USER = "group-events-ingest"
 
 
 def acl_options(password: str) -> list[str]:
-    """The `--user` options of the Kubernetes Redis, with the password the Secret would give."""
+    """The `--user` options of the Kubernetes Redis, with the passwords the Secret would give (the ingest's is
+    `password` reversed)."""
     statefulset = yaml.safe_load((ROOT / "deploy/k8s/redis/statefulset.yaml").read_text())
     (container,) = statefulset["spec"]["template"]["spec"]["containers"]
     args: list[str] = container["args"]
     start = args.index("--user")
     users = args[start:]
     assert all(not arg.startswith("--") or arg == "--user" for arg in users), "the ACL users come last"
-    return [arg.replace("$(REDIS_PASSWORD)", password) for arg in users]
+    expanded = {"$(REDIS_PASSWORD)": password, "$(REDIS_INGEST_PASSWORD)": password[::-1]}
+    return [">" + expanded[arg[1:]] if arg.startswith(">$(") else arg for arg in users]
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +108,24 @@ def test_only_the_workers_user_gets_in_and_only_to_its_keys(
     with pytest.raises(redis.exceptions.NoPermissionError):
         client.set("another-apps-key", "x")
     assert client.get("gew:dedupe:x") == b"in:0:1"
+
+
+def test_the_ingests_user_may_only_record_its_accepted_times(
+    secure_redis: Service, certificates: dict[str, Path], password: str
+) -> None:
+    """The ingest faces the outside: its user writes the last accepted times the watch reads, and nothing else."""
+    ingest = connect(
+        url(secure_redis), username=INGEST_USER, password=password[::-1], ssl_ca_certs=str(certificates["ca"])
+    )
+    record_accepted(ingest, {"tenant-a": 1_000})
+    worker = connect(url(secure_redis), username=USER, password=password, ssl_ca_certs=str(certificates["ca"]))
+    assert last_accepted(worker, "tenant-a") == 1_000
+    worker.set("gew:dedupe:y", "in:0:2")
+    for refused in (("GET", "gew:dedupe:y"), ("SET", "gew:dedupe:y", "x"), ("DEL", "gew:dedupe:y"), ("FLUSHALL",),
+                    ("ZADD", "gew:tenant:{t}:groups", "1", "g"), ("EVAL", "return 1", "0"), ("KEYS", "*")):  # fmt: skip
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            ingest.execute_command(*refused)
+    assert worker.get("gew:dedupe:y") == b"in:0:2"
 
 
 def test_the_worker_runs_over_tls_with_its_user_and_password(

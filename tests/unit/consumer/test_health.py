@@ -1,18 +1,11 @@
 from __future__ import annotations
 
+from tests.support.clock import ManualClock
 from worker.consumer.health import Health
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_liveness_fails_once_the_loop_has_not_polled_within_max_poll_interval() -> None:
-    clock = Clock()
+    clock = ManualClock()
     health = Health(max_poll_interval_s=10, clock=clock)
     clock.now += 9
     assert health.alive() is None
@@ -24,7 +17,7 @@ def test_liveness_fails_once_the_loop_has_not_polled_within_max_poll_interval() 
 
 def test_liveness_fails_while_one_batch_is_retried_for_longer_than_max_poll_interval() -> None:
     """Defect 3: a commit whose outcome never becomes definite kept /healthz green forever."""
-    clock = Clock()
+    clock = ManualClock()
     health = Health(max_poll_interval_s=10, clock=clock)
     health.retry("kafka: commit timed out")
     for _ in range(11):  # the loop keeps polling while it retries

@@ -11,28 +11,36 @@ from typing import Any
 
 import pytest
 import redis
+from confluent_kafka import KafkaError
 from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from tests.support.kafka_fakes import (
     ABORTABLE,
+    ASSIGNMENT_LOST,
     FATAL,
     FENCED,
+    FENCED_MEMBER_EPOCH,
     ILLEGAL_GENERATION,
     PRODUCER_FENCED,
     REBALANCE_IN_PROGRESS,
+    STALE_MEMBER_EPOCH,
     STATE,
     TIMED_OUT,
+    UNKNOWN_MEMBER_ID,
     FakeConsumer,
     FakeKafka,
     FakeMessage,
     Fault,
+    error,
 )
 from worker.config import Settings
 from worker.consumer.health import Health
-from worker.consumer.loop import Loop
+from worker.consumer.loop import Loop, RewindFailed
 from worker.consumer.sinks import AtLeastOnceSink, Sink, TransactionalId, TransactionalSink
 from worker.processing.deadletter import dead_letter_fields
 from worker.processing.processor import BatchResult, Output
+from worker.state.client import StateMissing
 
 IN, OUT, DLQ = "in", "out", "dlq"
 P0, P1 = (IN, 0), (IN, 1)
@@ -151,9 +159,21 @@ def test_a_clean_batch_commits_its_records_with_its_offsets_and_is_settled_once(
     assert h.processor.times == [h.processor.times[0]] and h.processor.times[0] > 0
 
 
-@pytest.mark.parametrize("fault", [ILLEGAL_GENERATION, REBALANCE_IN_PROGRESS], ids=lambda e: e.name())
+@pytest.mark.parametrize(
+    "fault",
+    [
+        ILLEGAL_GENERATION,
+        REBALANCE_IN_PROGRESS,
+        UNKNOWN_MEMBER_ID,
+        STALE_MEMBER_EPOCH,  # KIP-848 from here on
+        FENCED_MEMBER_EPOCH,
+        ASSIGNMENT_LOST,
+    ],
+    ids=lambda e: e.name(),
+)
 def test_a_batch_dropped_because_the_group_moved_rewinds_its_partitions_still_assigned(fault: Any) -> None:
-    """Defect 1: without the seek, the next batch commits past the dropped messages."""
+    """Defect 1: without the seek, the next batch commits past the dropped messages. Issue 19: the KIP-848
+    member epoch errors and a member the coordinator no longer knows drop and rewind too."""
     h = Harness([])
     h.kafka.plan("send_offsets_to_transaction", fault)
     batch = [msg(0, 10), msg(1, 5), msg(0, 11)]
@@ -162,6 +182,40 @@ def test_a_batch_dropped_because_the_group_moved_rewinds_its_partitions_still_as
     assert sorted(h.consumer.seeks) == [(IN, 0, 10), (IN, 1, 5)]
     assert h.outputs() == [b"0:10", b"1:5", b"0:11"]
     assert h.kafka.group_offsets == {P0: 12, P1: 6}
+
+
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_a_zombie_is_fenced_by_the_group_coordinator(protocol: str) -> None:
+    """The claim "zombies are fenced by the group generation", on fakes that check it: while this member was
+    frozen the group moved on (a new generation, or member epoch, it has not seen yet): its offsets are refused
+    (ILLEGAL_GENERATION, STALE_MEMBER_EPOCH), the batch aborted and rewound; once the member caught up in the
+    next rebalance the batch commits once."""
+    h = Harness([], group_protocol=protocol)
+    h.kafka.protocol = protocol
+    batch = [msg(0, 10), msg(0, 11)]
+
+    def frozen() -> None:  # the coordinator moves on; the consumer learns of it only in its next rebalance
+        h.kafka.rebalance(h.consumer.member_id)
+
+    h.consumer.script.extend([h.assign(P0), frozen, batch, h.revoke(P0), h.assign(P0), list(batch)])
+    h.run()
+    assert h.consumer.seeks == [(IN, 0, 10)]
+    assert h.outputs() == [b"0:10", b"0:11"]
+    assert h.kafka.group_offsets == {P0: 12}
+
+
+def test_a_failed_rewind_stops_the_loop_before_anything_commits_past_the_dropped_batch() -> None:
+    """Issue 19, defect 9: `_drop` logged rewind_failed and went on, so the next batch (fetched from past the
+    dropped one) committed offsets past messages that were never committed. Now the loop stops (the process
+    exits non-zero, the member leaves, the partition is replayed from its committed offset)."""
+    h = Harness([])
+    h.kafka.plan("send_offsets_to_transaction", ILLEGAL_GENERATION)
+    h.kafka.plan("seek", error(KafkaError._STATE))
+    h.consumer.script.extend([h.assign(P0), [msg(0, 10), msg(0, 11)], [msg(0, 12)]])
+    with pytest.raises(RewindFailed):
+        h.run()
+    assert h.outputs() == [] and h.kafka.group_offsets == {}
+    assert h.consumer.closed
 
 
 def test_partitions_lost_while_a_batch_waits_rewind_only_what_is_still_assigned() -> None:
@@ -187,6 +241,25 @@ def test_a_fenced_producer_is_replaced_and_the_batch_retried_not_dropped(fault: 
     assert h.outputs() == [b"0:10", b"0:11"]
     assert h.kafka.group_offsets == {P0: 12}
     assert h.consumer.seeks == []
+
+
+@pytest.mark.parametrize(
+    ("guarantee", "call", "fault"),
+    [("exactly_once", "poll", FENCED), ("at_least_once", "poll", FATAL), ("at_least_once", "flush", FATAL)],
+)
+def test_a_fatal_error_that_surfaces_at_a_poll_is_a_retry_with_a_new_producer(
+    guarantee: str, call: str, fault: Any
+) -> None:
+    """Issue 19 (seen in the fencing reproduction): confluent-kafka raises a fatal error at the poll that serves
+    it (the poll of `send` after the produce calls, or the polls of the at-least-once flush); it escaped the
+    loop, which ended the process."""
+    h = Harness([], guarantee)
+    h.kafka.plan(call, fault)
+    h.consumer.script.extend([h.assign(P0), [msg(0, 10), msg(0, 11)]])
+    h.run()
+    assert len(h.kafka.producers) == 2
+    assert h.outputs() == [b"0:10", b"0:11"]
+    assert h.kafka.group_offsets == {P0: 12}
 
 
 def test_a_process_fenced_with_the_default_id_takes_a_unique_id_for_its_next_producer() -> None:
@@ -233,6 +306,31 @@ def test_a_timed_out_commit_is_called_again_until_definite_even_across_a_revoke(
     assert h.kafka.group_offsets == {P0: 12}
     assert len(h.processor.processed) == 2  # the first batch was not redone
     assert "abort_transaction" not in h.kafka.calls
+
+
+def test_a_timed_out_send_offsets_then_a_revoke_commits_nothing() -> None:
+    """Issue 19, defect 1: a retriable error from send_offsets_to_transaction was taken as "commit outcome
+    uncertain": the batch was kept through the revoke and its offsets sent again with the consumer's new group
+    metadata, which the coordinator accepts (it checks the generation, not who owns the partition), so the batch
+    committed next to the new owner's replay of it. Before commit_transaction nothing is pending: abort, and
+    drop the batch when its partition moved."""
+    h = Harness([])
+    h.kafka.plan("send_offsets_to_transaction", TIMED_OUT)
+    h.consumer.script.extend([h.assign(P0), [msg(0, 10)], h.revoke(P0)])
+    h.run()
+    assert h.outputs() == []
+    assert h.kafka.group_offsets == {}
+    assert h.processor.settled == []
+
+
+def test_a_timed_out_send_offsets_redoes_the_batch_once() -> None:
+    h = Harness([])
+    h.kafka.plan("send_offsets_to_transaction", TIMED_OUT)
+    h.consumer.script.extend([h.assign(P0), [msg(0, 10), msg(0, 11)]])
+    h.run()
+    assert h.outputs() == [b"0:10", b"0:11"]
+    assert h.kafka.group_offsets == {P0: 12}
+    assert len(h.processor.processed) == 2  # run again: nothing of the first attempt was kept
 
 
 def test_a_timed_out_commit_that_then_fails_drops_the_batch_and_rewinds_it() -> None:
@@ -287,6 +385,26 @@ def test_an_incremental_revoke_of_other_partitions_leaves_the_waiting_batch_alon
     assert h.health.assigned == 1
 
 
+@pytest.mark.parametrize(
+    "event",
+    [
+        FakeMessage(IN, -1, -1001, error=error(KafkaError._TRANSPORT)),  # a client-level error: no partition
+        FakeMessage(None, 0, -1001, error=error(KafkaError.UNKNOWN_TOPIC_OR_PART)),  # no topic
+    ],
+    ids=["partition -1", "no topic"],
+)
+def test_error_events_polled_during_a_back_off_are_skipped_not_sought(event: FakeMessage) -> None:
+    """Issue 19, defect 5: the back-off sought to the first offset of everything consume() returned, error events
+    included: seek raised and the exception ended the loop."""
+    h = Harness([])
+    h.processor.failures.append(redis.ConnectionError("down"))
+    h.consumer.script.extend([h.assign(P0), [msg(0, 10)], [event]])
+    h.run()
+    assert h.outputs() == [b"0:10"]
+    assert h.kafka.group_offsets == {P0: 11}
+    assert h.consumer.seeks == []
+
+
 def test_a_stop_while_a_batch_waits_drops_it_and_rewinds_it() -> None:
     h = Harness([])
     h.processor.failures.extend([redis.ConnectionError("down")] * 3)
@@ -294,6 +412,23 @@ def test_a_stop_while_a_batch_waits_drops_it_and_rewinds_it() -> None:
     h.run()
     assert h.outputs() == []
     assert h.consumer.seeks == [(IN, 0, 10)]
+    assert h.consumer.closed
+
+
+def test_a_stop_while_a_commit_is_uncertain_exits_as_a_crash_would_after_half_the_shutdown_timeout() -> None:
+    """The crash-point table's SIGTERM row: a commit whose outcome is unknown is asked again for at most half of
+    the shutdown timeout, then the loop ends without settling (the coordinator finishes or aborts the
+    transaction; the next owner replays whatever did not commit)."""
+    h = Harness([], shutdown_timeout_seconds=2)
+    h.kafka.plan("commit_transaction", *[TIMED_OUT] * 1000)
+    h.consumer.script.extend([h.assign(P0), [msg(0, 10)], h.loop.stop])
+    with capture_logs() as logs:
+        h.run()
+    assert [e for e in logs if e["event"] == "batch_outcome_unknown_at_stop"] != []
+    assert h.processor.settled == []
+    assert h.outputs() == [] and h.kafka.group_offsets == {}
+    assert "abort_transaction" not in h.kafka.calls  # a commit in progress is never aborted
+    assert not h.kafka.producers[-1].closed  # nor by close(): the process exits with it, as a crash would
     assert h.consumer.closed
 
 
@@ -323,6 +458,29 @@ def test_lag_is_measured_from_the_committed_offsets_not_the_position() -> None:
     h.consumer.high[P0] = 120
     h.run()
     assert REGISTRY.get_sample_value("worker_consumer_lag", {"topic": IN, "partition": "0"}) == 80
+
+
+def test_missing_redis_state_is_retried_like_an_outage_and_logged_as_an_error_naming_the_key() -> None:
+    """Issue 19, defect 3: an evicted `…:users` hash made the close path raise TypeError out of
+    Processor.process, which ended the loop of every owner of the partition in turn. Missing state is a named
+    Redis error now: the batch waits and is retried, /readyz fails meanwhile, the log names the key."""
+    h = Harness([])
+    missing = StateMissing("STATE_MISSING gew:change:{c1}:users: user u1 of a chunk has no carrier")
+    h.processor.failures.extend([missing, missing])
+    not_ready: list[str | None] = []  # what /readyz reports during the back-off's polls
+
+    def idle() -> None:
+        not_ready.append(h.health.retrying)
+        h._idle()
+
+    h.consumer.script.extend([h.assign(P0), [msg(0, 10)]])
+    h.consumer.on_idle = idle
+    with capture_logs() as logs:
+        h.run()
+    errors = [e for e in logs if e["event"] == "batch_retry" and e["log_level"] == "error"]
+    assert len(errors) == 2 and "gew:change:{c1}:users" in errors[0]["error"]
+    assert "redis: STATE_MISSING gew:change:{c1}:users" in str(not_ready[0])
+    assert h.outputs() == [b"0:10"] and h.kafka.group_offsets == {P0: 11}
 
 
 def test_retries_are_counted_by_cause() -> None:

@@ -6,9 +6,11 @@ import pytest
 from confluent_kafka import TopicPartition
 from structlog.testing import capture_logs
 
+from tests.support.clock import ManualClock
 from tests.support.kafka_fakes import (
     ABORTABLE,
     FATAL,
+    FENCED,
     ILLEGAL_GENERATION,
     PRODUCER_FENCED,
     TIMED_OUT,
@@ -132,3 +134,47 @@ def test_at_least_once_commit_errors() -> None:
             sink.commit(OFFSETS)
     sink.commit(OFFSETS)
     assert kafka.group_offsets == {("in", 0): 11}
+
+
+def test_a_fencing_after_the_transaction_timeout_keeps_the_default_id() -> None:
+    """Issue 19, defect 9: a transaction left open longer than transaction.timeout.ms (the process was frozen) is
+    aborted by the coordinator, which bumps the producer's epoch: the next call fails with the same fatal
+    _FENCED as a twin's fencing. Taking a unique id then (the twin fallback) left a later restart unable to
+    abort this process's open transaction at once. A fencing of a transaction older than the timeout keeps
+    the id; a younger one is a twin's."""
+    kafka = FakeKafka()
+    clock = ManualClock()
+    ids = TransactionalId("group-host-1", configured=False)
+    config = {"transaction.timeout.ms": 10_000}
+    sink = TransactionalSink(config, FakeConsumer(kafka), 1.0, "dlq", kafka.new_producer, ids, clock)
+    kafka.plan("commit_transaction", FENCED, FENCED)
+    sent(sink)
+    clock.now += 10.0  # frozen as long as the transaction timeout: the coordinator aborted it
+    with capture_logs() as logs, pytest.raises(RetryBatch):
+        sink.commit(OFFSETS)
+    assert kafka.producers[-1].config["transactional.id"] == "group-host-1"
+    assert [e for e in logs if e["event"] == "transaction_timed_out"] != []
+    sent(sink)
+    clock.now += 1.0  # a young transaction fenced: another producer uses the id
+    with pytest.raises(RetryBatch):
+        sink.commit(OFFSETS)
+    assert kafka.producers[-1].config["transactional.id"].startswith("group-host-1-")
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+def test_a_producer_replaced_after_a_fatal_error_is_closed_first(guarantee: str) -> None:
+    """Issue 19, defect 6: the old producer was dropped for the garbage collector to destroy."""
+    kafka = FakeKafka()
+    consumer = FakeConsumer(kafka)
+    sink: TransactionalSink | AtLeastOnceSink
+    if guarantee == "exactly_once":
+        sink = transactional(kafka)
+        kafka.plan("commit_transaction", PRODUCER_FENCED)
+    else:
+        sink = AtLeastOnceSink({}, consumer, 1.0, "dlq", kafka.new_producer)
+        kafka.plan("produce", FATAL)
+    with pytest.raises(RetryBatch):
+        sent(sink).commit(OFFSETS)
+    old, new = kafka.producers
+    assert old.closed and not new.closed
+    assert "purge" in old.calls and old.calls.index("purge") < old.calls.index("close")

@@ -15,6 +15,7 @@ from worker.consumer.supervisor import (
     FIRST_BACKOFF_S,
     MAX_BACKOFF_S,
     Child,
+    Supervisor,
     backoff_s,
     child_transactional_id,
     process_count,
@@ -100,3 +101,26 @@ def test_a_child_that_is_down_fails_the_probes():
     child = Child(1, {})
     assert child.probe("/healthz") == "child 1: not running"
     assert child.probe("/readyz") == "child 1: not running"
+
+
+def test_a_child_of_an_unconfigured_pod_keeps_the_host_network_fallback(monkeypatch, tmp_path):
+    """Issue 19, defect 7: the supervisor set WORKER_TRANSACTIONAL_ID=<group>-<hostname>-<index> for every child,
+    so each child counted as configured and kept its id: two host-network pods on one node (one hostname) then
+    fenced each other for good. A child of a pod without the setting keeps a stable per-slot id that is still
+    the default, so its first fencing gives it a unique one."""
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    supervisor = Supervisor(Settings(group_id="g"), 2, environ={"WORKER_GROUP_ID": "g"})
+    env = supervisor.children[1].env
+    monkeypatch.delenv("WORKER_TRANSACTIONAL_ID", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    child = Settings()
+    assert child.transactional_id == ""  # not configured: the fallback applies (app.build: configured=False)
+    assert child.effective_transactional_id() == f"g-{socket.gethostname()}-1"  # stable per slot
+
+
+def test_a_child_of_a_configured_pod_gets_the_configured_id_with_its_index(monkeypatch, tmp_path):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    settings = Settings(group_id="g", transactional_id="pod-a")
+    supervisor = Supervisor(settings, 2, environ={"WORKER_TRANSACTIONAL_ID": "pod-a"})
+    assert supervisor.children[1].env["WORKER_TRANSACTIONAL_ID"] == "pod-a-1"

@@ -29,14 +29,14 @@ from worker.processing.tenants import (
 )
 def test_only_creations_and_deletions_are_counted(change, expected):
     record: Any = {"change": change, "tenant_id": "t", "group_id": "g", "event_id": "e"}
-    result = counted(record)
+    result = counted(record, "in:0:1")
     assert (None if result is None else result.created) == expected
     if result is not None:
-        assert (result.tenant_id, result.group_id, result.event_id) == ("t", "g", "e")
+        assert (result.tenant_id, result.group_id, result.event_id, result.tag) == ("t", "g", "e", "in:0:1")
 
 
 def test_the_limit_is_exceeded_by_a_creation_above_it():
-    created, deleted = GroupCount("t", "g", True, "e"), GroupCount("t", "g", False, "e")
+    created, deleted = GroupCount("t", "g", True, "e", "in:0:1"), GroupCount("t", "g", False, "e", "in:0:2")
     assert GROUP_LIMIT == 10_000
     assert not exceeds_limit(created, GROUP_LIMIT)
     assert exceeds_limit(created, GROUP_LIMIT + 1)
