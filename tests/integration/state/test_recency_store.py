@@ -100,18 +100,22 @@ def test_the_processor_on_redis_gives_a_replayed_position_its_first_verdicts(
     processor = redis_processor(Settings(redis_url=str(url)), client)
 
     def event(event_id: str, time: str) -> PlainMessage:
+        """An update at `time`, which is also its lastUpdatedAt (Qlik stamps each change with its own)."""
         raw = orjson.loads(seed_event_bytes)
         raw.update(id=event_id, time=time)
+        raw["data"]["lastUpdatedAt"] = time
         return PlainMessage(("in", 0, int(event_id)), orjson.dumps(raw), [("content-type", b"application/json")])
 
     old = event("1", "2024-05-14T12:00:01Z")
     first = processor.process([old], 0)
     newer = processor.process([event("2", "2024-05-14T12:00:09Z")], 0)
-    late_copy = processor.process([event("3", "2024-05-14T12:00:01Z")], 0)  # another position: judged now
+    late = processor.process([event("3", "2024-05-14T12:00:05Z")], 0)  # an older change at another position
+    copy = processor.process([event("4", "2024-05-14T12:00:01Z")], 0)  # the old change again, under another id
     replay = processor.process([old], 0)
-    verdicts = [orjson.loads(r.outputs[0].value)["superseded"] for r in (first, newer, late_copy, replay)]
+    verdicts = [orjson.loads(r.outputs[0].value)["superseded"] for r in (first, newer, late, replay)]
     assert verdicts == [False, False, True, False]
     assert replay.outputs == first.outputs
+    assert copy.outputs == []  # the same change by its content: a duplicate
 
 
 @pytest.fixture(scope="module")
