@@ -30,7 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "__main__": {"cli"},
     "__init__": set(),
 }
-CLIENTS = {"confluent_kafka", "redis", "hiredis", "prometheus_client", "starlette", "uvicorn"}
+CLIENTS = {"confluent_kafka", "redis", "hiredis", "prometheus_client", "starlette", "uvicorn", "httpx"}
 
 
 def imports(path: Path) -> Iterator[str]:
