@@ -240,6 +240,9 @@ def run(config: Chaos, workdir: Path) -> dict[str, Any]:
                     # worker 0, whose twin must be able to fence it; the other faults go on meanwhile
                     others = [slot for slot in workers if slot != 0] or list(workers)
                     busy = [slot for slot in others if workers[slot].get("/readyz")[0] == 200]
+                    if not busy and time.monotonic() - t0 < feed_seconds * 0.5:  # not ready yet: a little later
+                        plan = sorted([*plan, (time.monotonic() - t0 + 1, action)])
+                        continue
                     slot = rng.choice(busy or others)
                     config.note(f"freeze worker {slot} for {config.zombie_s:g} s")
                     workers[slot].signal(signal.SIGSTOP)  # mid-batch: the group moves on without it
