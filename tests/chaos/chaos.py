@@ -257,7 +257,7 @@ def run(config: Chaos, workdir: Path) -> dict[str, Any]:
                     leaving = [workers.pop(slot) for slot in sorted(workers)[1:]]
                     for worker in leaving:  # all at once: each leaves while the others' leave rebalances
                         worker.signal(signal.SIGTERM)
-                    codes = [w.terminate() for w in leaving]
+                    codes = [w.wait(60) for w in leaving]
                     assert codes == [0] * len(leaving), f"SIGTERM must exit 0, got {codes}"
                 else:
                     for slot in range(config.workers):
