@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -47,6 +48,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 1
         finally:
             server.stop()
+            # Stopped: a repeated SIGTERM must not kill the interpreter's teardown (Python restores the default
+            # handlers then, and destroying the clients takes a moment): the exit code stays the loop's.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_IGN)
     return 0
 
 

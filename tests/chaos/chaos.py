@@ -178,7 +178,8 @@ def run(config: Chaos, workdir: Path) -> dict[str, Any]:
         if config.pause_broker_s:
             plan.append((feed_seconds * 0.5, "pause the broker"))
         if config.zombie_s:
-            plan.append((feed_seconds * 0.4, "freeze a worker"))
+            # while other workers hold partitions (after the scale up), thawed well before any scale down
+            plan.append((feed_seconds * 0.22, "freeze a worker"))
         if config.redis_full_s:
             plan.append((feed_seconds * 0.65, "fill redis"))
         if config.scale and careful:
@@ -186,12 +187,18 @@ def run(config: Chaos, workdir: Path) -> dict[str, Any]:
             plan += [(feed_seconds * share, "scale down") for share in (0.45, 0.55)]
             plan.append((feed_seconds * 0.7, "scale up"))
         elif config.scale:
-            plan += [(feed_seconds * 0.2, "scale up"), (feed_seconds * 0.6, "scale down to one")]
+            plan += [(feed_seconds * 0.15, "scale up"), (feed_seconds * 0.7, "scale down to one")]
         plan.sort()
         next_kill = time.monotonic() + config.kill_every
         t0 = last_action = time.monotonic()
-        while feed.is_alive() or plan:
+        frozen: tuple[int, float] | None = None  # the zombie: its slot and when to thaw it
+        while feed.is_alive() or plan or frozen:
             time.sleep(0.2)
+            scale_down_due = plan and "scale down" in plan[0][1] and time.monotonic() - t0 >= plan[0][0]
+            if frozen is not None and (time.monotonic() >= frozen[1] or scale_down_due):
+                workers[frozen[0]].signal(signal.SIGCONT)  # it finishes what it was doing, then is fenced
+                config.note(f"thaw worker {frozen[0]}")
+                frozen, zombies = None, zombies + 1
             if careful:
                 # Actions at least SPACING apart, and only once every worker holds partitions again (the last
                 # rebalance finished), unless that takes longer than SETTLE_LIMIT: a group that never settles
@@ -229,14 +236,17 @@ def run(config: Chaos, workdir: Path) -> dict[str, Any]:
                     time.sleep(config.pause_broker_s)
                     kafka.resume()
                 elif action == "freeze a worker":
-                    # one that holds partitions (ready), so it is frozen in the middle of its work
-                    busy = [slot for slot, w in workers.items() if w.get("/readyz")[0] == 200]
-                    slot = rng.choice(busy or list(workers))
+                    # one that holds partitions (ready), so it is frozen in the middle of its work, and not
+                    # worker 0, whose twin must be able to fence it; the other faults go on meanwhile
+                    others = [slot for slot in workers if slot != 0] or list(workers)
+                    busy = [slot for slot in others if workers[slot].get("/readyz")[0] == 200]
+                    if not busy and time.monotonic() - t0 < feed_seconds * 0.5:  # not ready yet: a little later
+                        plan = sorted([*plan, (time.monotonic() - t0 + 1, action)])
+                        continue
+                    slot = rng.choice(busy or others)
                     config.note(f"freeze worker {slot} for {config.zombie_s:g} s")
                     workers[slot].signal(signal.SIGSTOP)  # mid-batch: the group moves on without it
-                    time.sleep(config.zombie_s)
-                    workers[slot].signal(signal.SIGCONT)  # the zombie finishes its batch, then is fenced
-                    zombies += 1
+                    frozen = slot, time.monotonic() + config.zombie_s
                 elif action == "fill redis":
                     fill_redis(redis.address, config.redis_full_s)
                     redis_full += 1
@@ -247,15 +257,15 @@ def run(config: Chaos, workdir: Path) -> dict[str, Any]:
                     leaving = [workers.pop(slot) for slot in sorted(workers)[1:]]
                     for worker in leaving:  # all at once: each leaves while the others' leave rebalances
                         worker.signal(signal.SIGTERM)
-                    codes = [w.terminate() for w in leaving]
+                    codes = [w.wait(60) for w in leaving]
                     assert codes == [0] * len(leaving), f"SIGTERM must exit 0, got {codes}"
                 else:
                     for slot in range(config.workers):
                         if slot not in workers:
                             workers[slot] = stack.start_worker(slot, **extra)
-            elif time.monotonic() >= next_kill and workers:
+            elif time.monotonic() >= next_kill and (killable := [s for s in workers if not frozen or s != frozen[0]]):
                 last_action = time.monotonic()
-                slot = rng.choice(list(workers))
+                slot = rng.choice(killable)
                 workers[slot].kill()
                 kills += 1
                 config.note(f"SIGKILL worker {slot}, restart")

@@ -70,6 +70,11 @@ class WorkerProcess:
     def terminate(self, timeout: float = 60) -> int:
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float) -> int:
+        """Its exit code, once it has exited (a signal sent before: -N)."""
+        assert self.process is not None
         return self.process.wait(timeout)
 
     def metric(self, name: str, **labels: str) -> float:

@@ -11,9 +11,9 @@ and the group membership kept alive (polls serve the rebalances meanwhile):
 - `CommitUncertain`: only the commit is called again, until it answers for certain, revoked or not: a commit
   in progress can neither be aborted nor redone without risking a second copy.
 - `PartitionsLost`: dropped at once.
-A dropped batch rewinds each of its partitions still assigned (seek to the batch's first offset), so nothing
-after it is committed past it (a seek that fails stops the loop: `RewindFailed`); revoked partitions are
-replayed by their new owner from the committed offset.
+A dropped batch rewinds each of its partitions assigned all along (seek to the batch's first offset), so
+nothing after it is committed past it (a seek that fails stops the loop: `RewindFailed`); partitions revoked
+since the batch started, even if assigned again, are replayed by their new owner from the committed offset.
 Under the consumer group protocol (KIP-848) revocations are incremental: only a batch holding a revoked
 partition is dropped, the others go on. The processing is replay-safe (see `worker/processing/processor.py`).
 """
@@ -259,8 +259,11 @@ class Loop:
         assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
         rewound = []
         for (topic, partition), offset in firsts.items():
-            if (topic, partition) not in assigned:
-                continue  # its next owner starts from the committed offset
+            if (topic, partition) not in assigned or (topic, partition) in self._revoked:
+                # Its next owner, this worker included after a revoke and a new assignment, starts from the
+                # group's committed offset: rewinding it to the batch's start would read again what other
+                # members committed meanwhile (a thawed zombie: a minute of records, twice).
+                continue
             self._rewind(topic, partition, offset)
             rewound.append(f"{topic}:{partition}:{offset}")
         log.warning("batch_dropped", reason=reason, rewound=rewound)

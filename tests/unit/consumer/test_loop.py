@@ -218,6 +218,26 @@ def test_a_failed_rewind_stops_the_loop_before_anything_commits_past_the_dropped
     assert h.consumer.closed
 
 
+def test_a_partition_revoked_and_assigned_again_while_a_batch_waits_is_not_rewound() -> None:
+    """Issue 19, found by the zombie of the chaos run: a worker frozen for a minute thawed in its back-off, and its
+    next poll served the lost partitions and their new assignment at once; the drop then rewound the partitions
+    "still assigned" to the batch's first offset, a minute old, past which other members had committed: the
+    worker read and committed all of it again (608 duplicates). A partition revoked since the batch started
+    starts from the group's committed offset on its new assignment: only the others are rewound."""
+    h = Harness([])
+    h.processor.failures.append(redis.ConnectionError("down"))
+
+    def others_committed_meanwhile() -> None:
+        h.kafka.group_offsets[P0] = 50
+
+    h.consumer.script.extend(
+        [h.assign(P0, P1), [msg(0, 10), msg(1, 5)], others_committed_meanwhile, h.revoke(P0, lost=True), h.assign(P0)]
+    )
+    h.run()
+    assert h.consumer.seeks == [(IN, 1, 5)]  # P1 was ours all along: rewound; P0 was not
+    assert h.outputs() == [] and h.kafka.group_offsets == {P0: 50}
+
+
 def test_partitions_lost_while_a_batch_waits_rewind_only_what_is_still_assigned() -> None:
     """Defect 1 and KIP-848: the lost partition's new owner replays it; ours is read again from the start."""
     h = Harness([])
