@@ -182,8 +182,8 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--embedded",
         action="store_true",
-        help="start a local Tansu broker / redis-server for whichever of WORKER_KAFKA_BOOTSTRAP_SERVERS "
-        "and WORKER_REDIS_URL is unset, and create the topics",
+        help="start a local broker (Apache Kafka, else Tansu) / redis-server for whichever of "
+        "WORKER_KAFKA_BOOTSTRAP_SERVERS and WORKER_REDIS_URL is unset, and create the topics",
     )
 
 
