@@ -32,16 +32,25 @@ Message = tuple[bytes | None, list[tuple[str, str | bytes | None]]]
 
 
 def load(root: Path | None) -> dict[str, ModuleType]:
-    """`worker.processing.decode`, `.models` and `.records`, from `root` (another checkout) or from this one (None)."""
+    """`worker.processing.decode`, `.models` and `.records`, from `root` (another checkout) or from this one
+    (None)."""
     for name in [n for n in sys.modules if n == "worker" or n.startswith("worker.")]:
         del sys.modules[name]
     if root is not None:
         sys.path.insert(0, str(root))
     try:
-        return {name: importlib.import_module(f"worker.{name}") for name in ("decode", "models", "records")}
+        return {name: _module(name) for name in ("decode", "models", "records")}
     finally:
         if root is not None:
             sys.path.remove(str(root))
+
+
+def _module(name: str) -> ModuleType:
+    """`worker.processing.<name>`, or `worker.<name>` in checkouts from before the packages (issue 18)."""
+    try:
+        return importlib.import_module(f"worker.processing.{name}")
+    except ModuleNotFoundError:
+        return importlib.import_module(f"worker.{name}")
 
 
 def work(api: dict[str, ModuleType], messages: Sequence[Message]) -> int:

@@ -25,7 +25,7 @@ from bench import latency as latency_mod
 from bench import profile as profile_mod
 from bench.kafka_io import CommitWatcher, CorpusMessage, ReadBack, produce_all, read_back
 from bench.procs import Child, Profiler, control_topic, cpu_seconds, peak_rss_mb, start_passthrough, start_worker
-from bench.report import Produced, Results, Run
+from bench.report import LATENCY_RATES, Produced, Results, Run, latency_label, read_results
 from tests.support.corpus import generate
 from worker.config import Settings
 from worker.local.stack import Service, create_topics, start_kafka, start_redis
@@ -201,7 +201,7 @@ def throughput_run(st: Stack, results: Results, corpus: Corpus, name: str, *, pr
         run.broker_cpu_s = cpu_seconds(st.kafka.process.pid) - cpu0[1]
         run.redis_cpu_s = cpu_seconds(st.redis.process.pid) - cpu0[2]
         run.peak_rss_mb = peak_rss_mb(child.pid)
-        metrics = child.metrics()
+        metrics = settled_metrics(child)
         if name != "passthrough":
             run.redis_commands = st.redis_commands()
             run.redis_round_trips = metrics.get("bench_redis_round_trips_total")
@@ -222,6 +222,21 @@ def throughput_run(st: Stack, results: Results, corpus: Corpus, name: str, *, pr
     run.records = int(metrics.get("worker_records_emitted_total", 0))
     run.dlq = int(metrics.get("worker_dlq_messages_total", 0))
     return Pending(run, tag, output, dlq, corpus, run.records, run.dlq)
+
+
+def settled_metrics(child: Child, quiet_s: float = 0.3, limit_s: float = 5.0) -> dict[str, float]:
+    """The process's metrics once its counters stopped moving: the worker counts a batch after Kafka confirmed
+    its commit, so right after the committed offsets reached the end the last batch may not be counted yet."""
+    counters = ("worker_batch_seconds_count", "worker_records_emitted_total", "worker_dlq_messages_total")
+    metrics = child.metrics()
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        again = child.metrics()
+        if all(again.get(name) == metrics.get(name) for name in counters):
+            return again
+        metrics = again
+    return metrics
 
 
 @dataclass
@@ -276,10 +291,10 @@ def latency_run(
     rate: float,
     seconds: float,
     extra_env: dict[str, str] | None = None,
-    label: str | None = None,
+    variant: str = "",
     passthrough_consumer: dict[str, str] | None = None,
 ) -> None:
-    label = label or name
+    label = latency_label(name, rate, variant)
     tag = "latency-" + "".join(c if c.isalnum() else "-" for c in label)
     input_topic, output, dlq, group = f"bench-{tag}-in", f"bench-{tag}-out", f"bench-{tag}-dlq", f"bench-{tag}"
     topics = {input_topic: PARTITIONS, output: PARTITIONS, dlq: 1, control_topic(group): 1}
@@ -360,7 +375,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="extra flat and fanout runs under py-spy")
     parser.add_argument("--flat", type=int, help="flat events (default 300000, quick 30000)")
     parser.add_argument("--fanout", type=int, help="fanout events (default 30000, quick 3000)")
-    parser.add_argument("--rate", type=float, default=5000, help="latency: offered msg/s (default 5000)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        action="append",
+        help="latency: offered msg/s (repeatable; default 1000 and 5000, the targets' rates)",
+    )
     parser.add_argument("--seconds", type=float, help="latency: duration (default 10, quick 3)")
     parser.add_argument(
         "--worker-env",
@@ -375,6 +395,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="run the worker (python -m bench.counted_worker) from another checkout, to compare it with this one",
     )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="FILE",
+        help="an earlier results file (say, of --worker-root on the start commit): its numbers beside this run's",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the work directory with every log")
     parser.add_argument("--output", type=Path, help="results file (default bench/RESULTS.md or RESULTS-quick.md)")
     args = parser.parse_args(argv)
@@ -385,15 +411,19 @@ def main(argv: list[str] | None = None) -> int:
     seconds = args.seconds or (3.0 if args.quick else 10.0)
     output = args.output or HERE / ("RESULTS-quick.md" if args.quick else "RESULTS.md")
     guarantee = default_guarantee()
-    results = Results(quick=args.quick, default_guarantee=guarantee)
+    rates = tuple(args.rate or LATENCY_RATES)
+    results = Results(quick=args.quick, default_guarantee=guarantee, rates=rates)
+    if args.before:
+        results.before, results.before_tables = read_results(args.before)
     params: dict[str, Any] = {
         "flat events": f"{flat_events:,}",
         "fanout events": f"{fanout_events:,}",
-        "latency": f"{args.rate:,.0f} msg/s for {seconds:g} s",
+        "latency": f"{' and '.join(f'{rate:,.0f}' for rate in rates)} msg/s for {seconds:g} s each",
         "partitions": PARTITIONS,
         "default guarantee": guarantee,
         **({"worker settings": " ".join(args.worker_env)} if args.worker_env else {}),
         **({"worker from": str(args.worker_root)} if args.worker_root else {}),
+        **({"compared with": str(args.before)} if args.before else {}),
     }
     command = " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])])
 
@@ -402,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [
             pool.submit(make_corpus, "flat", flat_events),
             pool.submit(make_corpus, "fanout", fanout_events),
-            pool.submit(make_corpus, "flat", int(args.rate * seconds * 1.1) + 100, LATENCY_SEED),
+            pool.submit(make_corpus, "flat", int(max(rates) * seconds * 1.1) + 100, LATENCY_SEED),
         ]
         flat, fanout, latency_corpus = (job.result() for job in jobs)
     latency_messages = latency_corpus.messages
@@ -427,18 +457,17 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("passthrough", guarantee):
             pending.append(throughput_run(st, results, fanout, name))
 
-        latency = latency_messages, args.rate, seconds
-        latency_run(st, results, guarantee, *latency)
-        if not args.quick:  # the baseline and what the latency depends on: the fetch wait, the guarantee
-            latency_run(st, results, "passthrough", *latency)
+        for rate in rates:  # the worker, and the passthrough as the baseline beside it
+            latency_run(st, results, guarantee, latency_messages, rate, seconds)
+            latency_run(st, results, "passthrough", latency_messages, rate, seconds)
+        if not args.quick:  # what the latency depends on, at the highest rate: the fetch wait, the guarantee
+            latency = latency_messages, max(rates), seconds
             other = "at_least_once" if guarantee == "exactly_once" else "exactly_once"
-            suffix = f" fetch.wait.max.ms={SHORT_FETCH_WAIT_MS}"
+            variant = f" fetch.wait.max.ms={SHORT_FETCH_WAIT_MS}"
             short_fetch = {"fetch.wait.max.ms": str(SHORT_FETCH_WAIT_MS)}
             worker_short_fetch = {"WORKER_KAFKA_FETCH_WAIT_MAX_MS": str(SHORT_FETCH_WAIT_MS)}
-            latency_run(
-                st, results, "passthrough", *latency, label="passthrough" + suffix, passthrough_consumer=short_fetch
-            )
-            latency_run(st, results, guarantee, *latency, worker_short_fetch, label=guarantee + suffix)
+            latency_run(st, results, "passthrough", *latency, variant=variant, passthrough_consumer=short_fetch)
+            latency_run(st, results, guarantee, *latency, worker_short_fetch, variant=variant)
             latency_run(st, results, other, *latency)
 
         if args.profile:
