@@ -48,9 +48,10 @@ class Bounds:
         self._sweeper: asyncio.Task[None] | None = None
         self.waiting = 0
 
-    async def read(self, receive: Receive, limit: int, verifier: Verifier | None) -> list[bytes]:
-        """The body's chunks, each given to `verifier` as it arrives. Raises `ReadTimeout`, `BodyTooLarge` or
-        `ClientGone`. Must run in its request's own task (it is cancelled to end the read)."""
+    async def read(self, receive: Receive, limit: int, verifier: Verifier | None, keep: bool = True) -> list[bytes]:
+        """The body's chunks, each given to `verifier` as it arrives (none kept with `keep` False: a refused body
+        read only to be dropped). Raises `ReadTimeout`, `BodyTooLarge` or `ClientGone`. Must run in its request's
+        own task (it is cancelled to end the read)."""
         task, loop = asyncio.current_task(), asyncio.get_running_loop()
         assert task is not None
         self._reads[task] = loop.time() + self.read_timeout
@@ -60,7 +61,7 @@ class Bounds:
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = loop.create_task(self._sweep())
         try:
-            return await _chunks(receive, limit, verifier)
+            return await _chunks(receive, limit, verifier, keep)
         except asyncio.CancelledError:
             if task not in self._ended:
                 raise  # not ours: the server stops
@@ -112,7 +113,7 @@ class _Waiting:
         self._bounds.waiting -= 1
 
 
-async def _chunks(receive: Receive, limit: int, verifier: Verifier | None) -> list[bytes]:
+async def _chunks(receive: Receive, limit: int, verifier: Verifier | None, keep: bool) -> list[bytes]:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -126,6 +127,7 @@ async def _chunks(receive: Receive, limit: int, verifier: Verifier | None) -> li
                 raise BodyTooLarge
             if verifier is not None:
                 verifier.update(chunk)
-            chunks.append(chunk)
+            if keep:
+                chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -179,3 +180,32 @@ def test_the_ingest_refuses_to_start_when_its_body_limit_does_not_fit_the_topic(
     )
     assert done.returncode == 2, done.stdout[-2000:]
     assert "does not fit the ingest topic's max.message.bytes=500000" in done.stderr
+
+
+@pytest.mark.parametrize("over", [1, 500_000], ids=["a byte over", "half again"])
+def test_a_sender_of_a_body_over_the_limit_reads_the_413_instead_of_a_reset(
+    stack: Stack, start_ingest: StartIngest, over: int
+) -> None:
+    """Seen in CI: the 413 for a `Content-Length` over the body limit was sent before the body was read, and the
+    connection closed with the body unread, so a sender that writes its whole body before reading (urllib,
+    most webhook senders) got a broken pipe or a reset instead of the 413, and would retry what can never fit.
+    Now a body up to `DRAIN_FACTOR` times the limit is read and dropped before the 413 goes out: nothing is
+    answered before the body is in."""
+    stack.create_topics(1)
+    ingest = start_ingest()
+    limit = Settings.model_fields["ingest_max_body_bytes"].default
+    body = event("too-large", pad=limit + over)
+    with socket.create_connection((HOST, ingest.port), timeout=15) as sock:
+        sock.sendall(head(len(body), sign(body, SECRET)))
+        sock.settimeout(0.5)  # the old ingest answered (and might close) before the body came
+        with pytest.raises(TimeoutError):
+            sock.recv(65536)
+        sock.settimeout(15)
+        for start in range(0, len(body), 65536):
+            sock.sendall(body[start : start + 65536])
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+            if b"\r\n\r\n" in answer and answer.endswith(b"}"):
+                break
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
