@@ -25,6 +25,7 @@ SINK_TIMEOUT_S = 1.0  # the sink's blocking calls
 # librdkafka blocks a transactional call past its timeout while a request is in flight, until the request
 # times out (socket.timeout.ms, 60 s by default): shorter here, so a paused broker times the call out at once.
 SOCKET_TIMEOUT_MS = 2_000
+UNREACHABLE_MAX_S = 20.0  # how long `unreachable` keeps the broker stopped at most
 READ_S = 3.0  # how long a reader waits for more output
 
 
@@ -75,14 +76,25 @@ class KafkaBackend:
 
     @contextlib.contextmanager
     def unreachable(self, call: str) -> Iterator[None]:
+        """The broker stopped (SIGSTOP) while `call` runs. librdkafka can block in `send_offsets_to_transaction`
+        past its timeout while the coordinator does not answer (confluentinc/librdkafka#5456, open: the
+        coordinator request's timeout is never checked): seen once in CI, blocked for 16 minutes. So the broker
+        comes back after `UNREACHABLE_MAX_S` whatever happens; a call that returned only then did not time out,
+        and the scenario is skipped, naming the bug, rather than hang or fail on it."""
         service = self.stack.kafka_service
         if service is None:
             pytest.skip("an external broker: not ours to stop")
         service.pause()
+        back = threading.Timer(UNREACHABLE_MAX_S, service.resume)
+        back.start()
+        started = time.monotonic()
         try:
             yield
         finally:
+            back.cancel()
             service.resume()
+            if time.monotonic() - started >= UNREACHABLE_MAX_S:
+                pytest.skip(f"librdkafka#5456: {call} ignored its {SINK_TIMEOUT_S:g} s timeout")
 
     def fence(self, transactional_id: str) -> None:
         twin = Producer({"bootstrap.servers": self.stack.bootstrap, "transactional.id": transactional_id})
