@@ -87,10 +87,17 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             capture_output=True,
             timeout=60,
         )
-        first = redis.Redis.from_url(nodes[0].address)
-        wait_until(
-            lambda: first.execute_command("CLUSTER INFO").get("cluster_state") == "ok", "the cluster did not become ok"
-        )
+        # Every node, not only the first: one that has not heard of all slots yet answers CLUSTERDOWN (seen in CI:
+        # the first node was ok, a command routed to another failed with "The cluster is down").
+        clients = [redis.Redis.from_url(node.address) for node in nodes]
+
+        def every_node_ok() -> bool:
+            infos = [client.execute_command("CLUSTER INFO") for client in clients]
+            return all(i.get("cluster_state") == "ok" and int(i.get("cluster_slots_ok", 0)) == 16384 for i in infos)
+
+        wait_until(every_node_ok, "the cluster did not become ok on every node")
+        for client in clients:
+            client.close()
         yield nodes[0].address
     finally:
         for node in nodes:
