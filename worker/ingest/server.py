@@ -84,10 +84,11 @@ NOT_READY_CACHE_SECONDS: Final = 1.0
 CLOSE_TIMEOUT_SECONDS: Final = 10.0
 TOPIC_LIMIT_TIMEOUT_SECONDS: Final = 5.0  # at start; unknown after it (the broker is down): checked per record
 # A request whose body stopped arriving ends its connection. Other refusals keep it: uvicorn reads what is left
-# of an unread body and drops it, so the sender can read its answer, and worker/ingest/http.py bounds the time
-# that takes (the connection waits for a request meanwhile: read timeout, the oldest of too many is closed).
+# of an unread body and drops it, and worker/ingest/http.py bounds the time that takes (the connection waits for
+# a request meanwhile: read timeout, the oldest of too many is closed). That comes after the answer, which a
+# sender writing its whole body first may then not read (a broken pipe, seen in CI for a 413): so a body refused
+# for its size, up to this many times the limit, is read and dropped before its 413 goes out (`_drain`).
 CLOSE: Final = {"Connection": "close"}
-# A refused body up to this many times the body limit is read and dropped before the 413 goes out (`_drain`).
 DRAIN_FACTOR: Final = 4
 GONE: Final = 499  # nginx's "client closed request": counted, never sent
 
@@ -212,10 +213,11 @@ class Webhook:
         if declared is not None and not declared.isdigit():
             return _error(400, "Content-Length is not a number"), {}
         limit = endpoint.max_body_bytes
-        if declared is not None and int(declared) > limit:
-            if int(declared) <= DRAIN_FACTOR * limit:
-                await self._drain(receive, int(declared))
-            return _error(413, f"body over {limit} bytes"), {"bytes": int(declared)}
+        declared_size = None if declared is None else int(declared)
+        if declared_size is not None and declared_size > limit:
+            if declared_size <= DRAIN_FACTOR * limit:
+                await self._drain(receive, declared_size)
+            return _error(413, f"body over {limit} bytes"), {"bytes": declared_size}
         signature = headers.get(endpoint.signature_header)
         verifier = endpoint.secrets.keyring.verifier() if endpoint.secrets else None
         if verifier is not None and not well_formed(signature):
