@@ -1,0 +1,39 @@
+"""`pipelined` on a real Redis: replies in order with error replies in place, replies larger than one socket read,
+and a connection that dies or times out is replaced without a stale reply reaching the next batch."""
+
+import pytest
+import redis
+
+from worker.state.client import connect, pipelined
+
+
+def test_replies_come_back_in_order_with_an_error_reply_in_its_place(client: redis.Redis) -> None:
+    replies = pipelined(client, [("SET", "k", 1), ("INCR", "k"), ("HGET", "k", "f"), ("GET", "k"), ("GET", "none")])
+    assert replies[:2] == [b"OK", 2]
+    assert isinstance(replies[2], redis.ResponseError) and "WRONGTYPE" in str(replies[2])
+    assert replies[3:] == [b"2", None]
+
+
+def test_replies_larger_than_a_socket_read_are_whole(client: redis.Redis) -> None:
+    big = b"x" * 300_000  # redis-py reads 64 KiB at a time
+    commands = [("SET", f"big:{i}", big + bytes([48 + i])) for i in range(3)]
+    commands += [("GET", f"big:{i}") for i in range(3)]
+    assert pipelined(client, commands) == [b"OK"] * 3 + [big + bytes([48 + i]) for i in range(3)]
+
+
+def test_a_connection_killed_between_batches_is_replaced(client: redis.Redis, redis_service: object) -> None:
+    (connection_id,) = pipelined(client, [("CLIENT", "ID")])
+    other = connect(str(getattr(redis_service, "address", redis_service)))
+    assert other.client_kill_filter(_id=connection_id) == 1
+    assert pipelined(client, [("SET", "after", "kill"), ("GET", "after")]) == [b"OK", b"kill"]
+    (new_id,) = pipelined(client, [("CLIENT", "ID")])
+    assert new_id != connection_id
+
+
+def test_a_timed_out_batch_leaves_no_reply_for_the_next(redis_service: object) -> None:
+    slow = connect(str(getattr(redis_service, "address", redis_service)), timeout=0.2)
+    slow.delete("empty")
+    with pytest.raises(redis.TimeoutError):
+        pipelined(slow, [("BLPOP", "empty", 1)])  # blocks past the socket timeout (each retry too)
+    # on a kept connection, the BLPOP's nil (due within the second) would be read as the PING's reply
+    assert pipelined(slow, [("PING",), ("ECHO", "next")]) == [b"PONG", b"next"]
