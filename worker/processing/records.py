@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from binascii import hexlify
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Final, Literal, NotRequired
 
@@ -162,19 +164,24 @@ class MembershipRecords:
         self._tail = b',"superseded":' + orjson.dumps(superseded) + b"}"
 
     def value(self, user_id: str, event_id: str) -> bytes:
-        hasher = self._digest.copy()
-        hasher.update(user_id.encode())
-        return b"".join(
-            (
-                _MEMBERSHIP_HEAD,
-                hasher.hexdigest().encode(),
-                self._middle,
-                orjson.dumps(user_id),
-                self._flags,
-                orjson.dumps(event_id),
-                self._tail,
+        return self.values([(user_id, event_id)])[0]
+
+    def values(self, users: Iterable[tuple[str, str]]) -> list[bytes]:
+        """`value` of each (user, event id), in one pass: a change's users come in runs of one part's event id,
+        whose JSON is printed once per run."""
+        copy, head, middle, flags, tail = self._digest.copy, _MEMBERSHIP_HEAD, self._middle, self._flags, self._tail
+        out: list[bytes] = []
+        last_event: str | None = None
+        event_json = b""
+        for user_id, event_id in users:
+            if event_id != last_event:
+                last_event, event_json = event_id, orjson.dumps(event_id)
+            hasher = copy()
+            hasher.update(user_id.encode())
+            out.append(
+                b"".join((head, hexlify(hasher.digest()), middle, orjson.dumps(user_id), flags, event_json, tail))
             )
-        )
+        return out
 
 
 def group_change(event: Event, *, superseded: bool = False) -> GroupChange:

@@ -317,17 +317,20 @@ INFOS = st.fixed_dictionaries(
 
 @given(
     INFOS,
-    st.lists(st.tuples(st.text(), st.text()), min_size=1, max_size=5),
+    st.lists(st.tuples(st.text(), st.sampled_from(["event-1", "event-2", 'ê"\\']) | st.text()), min_size=1, max_size=8),
     st.booleans(),
     st.booleans(),
     st.booleans(),
 )
 def test_membership_records_are_the_bytes_of_the_records(info, users, complete, late, superseded):
     records = MembershipRecords(info, complete=complete, late=late, superseded=superseded)
+    expected = []
     for user, event_id in users:
         record = membership_change(info, user, event_id, complete=complete, late=late, superseded=superseded)
         assert records.key == record_key(record)
         assert records.value(user, event_id) == encode(record)
+        expected.append(encode(record))
+    assert records.values(users) == expected  # in one pass, runs of one event id included
 
 
 def test_membership_records_of_the_users_modified_seed(event):
