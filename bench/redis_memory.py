@@ -1,7 +1,8 @@
-"""Redis memory per dedupe claim, per user of an open change and per open change, measured on a private
+"""Redis memory per dedupe claim, per user of an open change, per open change, per emission's recency verdict,
+per group's newest occurrence and per group creation or deletion's tenant count, measured on a private
 redis-server through the worker's own stores (the README's Redis sizing, and a bound the integration tests keep).
 
-    python -m bench.redis_memory [--claims N] [--users N] [--changes N]
+    python -m bench.redis_memory [--claims N] [--users N] [--changes N] [--emissions N]
 
 prints one JSON line. Ids have production's sizes: Qlik user ids of 32 characters, event ids of 36 (UUIDs),
 input positions like `qlik.group-events:7:123456789`; claims carry the default 24-hour TTL.
@@ -23,10 +24,14 @@ from worker.local.stack import start_redis
 from worker.processing.decode import decode
 from worker.processing.models import Event
 from worker.processing.reassembly import Part
+from worker.processing.recency import Emitted, Occurrence
 from worker.processing.records import ChangeInfo
+from worker.processing.tenants import GroupCount
 from worker.state.changes import RedisChangeStore
 from worker.state.client import Client, connect, memory
 from worker.state.dedupe import Deduper
+from worker.state.recency import RedisRecency
+from worker.state.tenants import TenantGroups
 
 TTL_S = 86_400
 TOPIC = "qlik.group-events"
@@ -38,6 +43,9 @@ class Sizes:
     claim: float  # bytes per dedupe claim (`gew:dedupe:*` with its TTL)
     user: float  # bytes per user of an open change (users hash, order list, in parts of PART_USERS)
     change: float  # bytes per open change besides its users (meta, applied field of its part, deadline)
+    verdict: float  # bytes per emission's recency verdict (`gew:group:{*}:verdict:<tag>`, replay window)
+    group: float  # bytes per group's newest occurrence (`gew:group:{*}:newest`, 30 days after its last event)
+    applied: float  # bytes per group creation or deletion's tenant count (`gew:tenant:{*}:applied:<tag>`)
 
 
 def position(i: int) -> str:
@@ -85,7 +93,9 @@ def used(client: Client) -> int:
     return sum(node.used for node in memory(client))
 
 
-def measure(client: Client, claims: int = 100_000, users: int = 100_000, changes: int = 10_000) -> Sizes:
+def measure(
+    client: Client, claims: int = 100_000, users: int = 100_000, changes: int = 10_000, emissions: int = 100_000
+) -> Sizes:
     """On an empty database of `client`."""
     deduper = Deduper(client, TTL_S)
     start = used(client)
@@ -110,10 +120,28 @@ def measure(client: Client, claims: int = 100_000, users: int = 100_000, changes
         store.apply_parts(batch, 0)
     after_changes = used(client)
     per_user = (after_users - after_claims) / users
+    recency = RedisRecency(client, step_ttl_seconds=TTL_S)
+    tenant = "t" * 32
+    for first in range(0, emissions, 1_000):  # one group: its newest, and a verdict per emission
+        steps = [Emitted((tenant, "g" * 24), position(i), Occurrence(i, False)) for i in range(first, first + 1_000)]
+        recency.apply(steps)
+    after_verdicts = used(client)
+    for first in range(0, emissions, 1_000):  # a group each: its newest and one verdict
+        steps = [Emitted((tenant, f"{i:024d}"), position(i), Occurrence(i, False)) for i in range(first, first + 1_000)]
+        recency.apply(steps)
+    after_groups = used(client)
+    tenants = TenantGroups(client, applied_ttl_seconds=TTL_S)
+    for first in range(0, emissions, 1_000):  # one group created and deleted in turn: the set stays at most 1
+        tenants.apply([GroupCount(tenant, "g", i % 2 == 0, "e", position(i)) for i in range(first, first + 1_000)])
+    after_applied = used(client)
+    per_verdict = (after_verdicts - after_changes) / emissions
     return Sizes(
         claim=(after_claims - start) / claims,
         user=per_user,
         change=(after_changes - after_users) / changes - per_user,
+        verdict=per_verdict,
+        group=(after_groups - after_verdicts) / emissions - per_verdict,
+        applied=(after_applied - after_groups) / emissions,
     )
 
 
@@ -122,13 +150,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--claims", type=int, default=200_000)
     parser.add_argument("--users", type=int, default=200_000)
     parser.add_argument("--changes", type=int, default=20_000)
+    parser.add_argument("--emissions", type=int, default=200_000)
     args = parser.parse_args(argv)
     server = start_redis(Path(tempfile.mkdtemp(prefix="gew-redis-memory-")))
     try:
         client = connect(server.address)
         assert isinstance(client, redis.Redis)
         version = client.info("server")["redis_version"]
-        sizes = measure(client, args.claims, args.users, args.changes)
+        sizes = measure(client, args.claims, args.users, args.changes, args.emissions)
     finally:
         server.stop()
     print(orjson.dumps({"redis": version, **sizes.__dict__}).decode())

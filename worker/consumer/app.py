@@ -92,7 +92,7 @@ def redis_processor(settings: Settings, client: Client) -> Processor:
         output_topic=settings.output_topic,
         dlq_topic=settings.dlq_topic,
         control_topic=settings.control_topic,
-        tenants=TenantGroups(client),
+        tenants=TenantGroups(client, applied_ttl_seconds=ttl_seconds),
         recency=RedisRecency(client, step_ttl_seconds=ttl_seconds),
         formats=settings.topic_formats,
         durable=ReplicaWait(client, replicas, REPLICA_WAIT_MS).wait if replicas else None,

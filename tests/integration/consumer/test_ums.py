@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import time
 from typing import Any
 
 import orjson
@@ -16,7 +17,7 @@ import worker.consumer.loop
 from tests.integration.helpers import TENANT, Stack, binary, group_data, structured, wait_for
 from worker.processing.tenants import GroupCount
 from worker.state.client import connect
-from worker.state.tenants import TenantGroups, groups_key
+from worker.state.tenants import TenantGroups, applied_key, groups_key, legacy_applied_key
 
 pytestmark = pytest.mark.integration
 
@@ -177,6 +178,7 @@ def test_a_topic_set_to_ums_reads_only_ums(stack: Stack) -> None:
 
 # ---- the Lua script against its rules ----------------------------------------------------------------------
 
+APPLIED_TTL_S = 600
 OPS = st.lists(st.tuples(st.sampled_from(["t1", "t2"]), st.sampled_from("abcd"), st.booleans()), max_size=12)
 batches = itertools.count()
 
@@ -186,7 +188,7 @@ batches = itertools.count()
 def test_tenant_groups_script_is_a_set_per_tenant_and_idempotent(stack: Stack, batches_of_ops: list[Any]) -> None:
     client = connect(stack.redis_url)
     prefix = f"h{next(batches)}-"
-    store = TenantGroups(client, ttl_seconds=600)
+    store = TenantGroups(client, ttl_seconds=600, applied_ttl_seconds=600)
     model: dict[str, set[str]] = {}
     for b, ops in enumerate(batches_of_ops):
         changes = [GroupCount(prefix + t, g, created, "e", f"in:{b}:{i}") for i, (t, g, created) in enumerate(ops)]
@@ -205,7 +207,7 @@ def test_tenant_groups_script_is_a_set_per_tenant_and_idempotent(stack: Stack, b
 
 
 def test_counts_of_a_batch_are_per_tenant_in_event_order(stack: Stack) -> None:
-    store = TenantGroups(connect(stack.redis_url))
+    store = TenantGroups(connect(stack.redis_url), applied_ttl_seconds=APPLIED_TTL_S)
     ops = [("a", "1", True), ("b", "1", True), ("a", "2", True), ("a", "1", False)]
     changes = [GroupCount(t, g, c, "e", f"in:0:{i}") for i, (t, g, c) in enumerate(ops)]
     assert store.apply(changes) == [1, 1, 2, 1]
@@ -214,9 +216,47 @@ def test_counts_of_a_batch_are_per_tenant_in_event_order(stack: Stack) -> None:
 def test_a_creation_applied_again_after_the_deletion_changes_nothing(stack: Stack) -> None:
     """Issue 19, the tag rule for the tenant sets: a zombie's run of a committed group creation, after the
     group's deletion committed, re-added the group for good (the count stayed one too high)."""
-    store = TenantGroups(connect(stack.redis_url))
+    store = TenantGroups(connect(stack.redis_url), applied_ttl_seconds=APPLIED_TTL_S)
     created, deleted = GroupCount("z", "g", True, "e1", "in:0:1"), GroupCount("z", "g", False, "e2", "in:0:2")
     assert store.apply([created]) == [1]
     assert store.apply([deleted]) == [0]
     assert store.apply([created]) == [1]  # what it returned the first time
     assert store.apply([GroupCount("z", "h", True, "e3", "in:0:3")]) == [1]  # g was not re-added
+
+
+def test_an_active_tenant_keeps_the_results_of_the_replay_window_only(stack: Stack) -> None:
+    """Noticed in issue 22: the result of every creation and deletion was a field of one hash per tenant whose TTL
+    restarted at every change, so a tenant with a change at least every 30 days kept all of them, for good.
+    Each is now a key of its own that expires after the replay window, whatever the tenant does next."""
+    client = connect(stack.redis_url)
+    store = TenantGroups(client, applied_ttl_seconds=1)
+    assert store.apply([GroupCount("w", "g1", True, "e1", "in:0:1")]) == [1]
+    time.sleep(1.5)  # the first position's window passes, the tenant stays active
+    assert store.apply([GroupCount("w", "g2", True, "e2", "in:0:2")]) == [2]
+    assert positions_kept(client, "w") == {"in:0:2"}
+    assert 0 < client.ttl(applied_key("w", "in:0:2")) <= 1
+
+
+def positions_kept(client: Any, tenant: str) -> set[str]:
+    """The positions whose result the tenant's keys hold, in either layout (a hash field, or a key each)."""
+    kept: set[str] = set()
+    for key in client.scan_iter(match="gew:tenant:{" + tenant + "}:applied*"):
+        if client.type(key) == b"hash":
+            kept |= {field.decode() for field in client.hkeys(key)}
+        else:
+            kept.add(key.decode().removeprefix(applied_key(tenant, "")))
+    return kept
+
+
+def test_a_position_applied_by_the_legacy_layout_is_not_applied_again(stack: Stack) -> None:
+    """Across the upgrade: a creation whose result only the legacy hash holds (written by a worker of before),
+    replayed after the group's deletion, gives its recorded size and does not re-add the group; the legacy hash
+    is read but not kept alive."""
+    client = connect(stack.redis_url)
+    client.sadd(groups_key("u"), "g0")
+    client.hset(legacy_applied_key("u"), "in:0:1", 2)  # g created at in:0:1 when the set held g0 and g
+    client.expire(legacy_applied_key("u"), 100)
+    store = TenantGroups(client, applied_ttl_seconds=APPLIED_TTL_S)
+    assert store.apply([GroupCount("u", "g", True, "e1", "in:0:1")]) == [2]  # the replay: the size it gave
+    assert client.smembers(groups_key("u")) == {b"g0"}  # g, deleted since, was not re-added
+    assert client.ttl(legacy_applied_key("u")) <= 100

@@ -119,11 +119,16 @@ def test_state_that_is_gone_is_a_named_redis_error_not_a_type_error(server: Serv
 
 
 def test_memory_per_claim_and_per_user_is_what_the_readme_sizing_says(server: Service) -> None:
-    """README, Redis sizing: about 200 bytes per dedupe claim, 175 per user of an open change, 1.5 kB per open
-    change (measured 197, 174 and 1,478 on Redis 7.0 with 200,000 of each)."""
+    """README, Redis sizing: about 200 bytes per event's dedupe claims, 175 per user of an open change, 1.5 kB per
+    open change, 190 per emission's recency verdict, 240 per group's newest occurrence, 330 per group creation
+    or deletion's tenant count (measured 197, 174, 1,478, 140, 238 and 329 on Redis 7.0 with 200,000 of each;
+    with 20,000, as here, 203, 195, 1,010, 188, 201 and 167: the hash tables' growth steps move them)."""
     client = connect(server.address)
     assert isinstance(client, redis.Redis)
-    sizes = measure(client, claims=20_000, users=20_000, changes=2_000)
+    sizes = measure(client, claims=20_000, users=20_000, changes=2_000, emissions=20_000)
     assert 150 <= sizes.claim <= 220
     assert 130 <= sizes.user <= 200
     assert sizes.change <= 1_700
+    assert 60 <= sizes.verdict <= 250
+    assert 60 <= sizes.group <= 300
+    assert 60 <= sizes.applied <= 400

@@ -6,7 +6,7 @@ from __future__ import annotations
 from redis.crc import key_slot
 
 from worker.state.changes import DEADLINES, change_keys
-from worker.state.tenants import applied_key, groups_key
+from worker.state.tenants import applied_key, groups_key, legacy_applied_key
 
 
 def test_the_keys_of_one_change_share_its_hash_tag_and_one_slot() -> None:
@@ -17,5 +17,6 @@ def test_the_keys_of_one_change_share_its_hash_tag_and_one_slot() -> None:
 
 
 def test_a_tenant_group_set_has_the_tenant_as_hash_tag() -> None:
-    assert groups_key("t-1") == "gew:tenant:{t-1}:groups"
-    assert applied_key("t-1") == "gew:tenant:{t-1}:applied"  # touched in the same script call
+    keys = [groups_key("t-1"), legacy_applied_key("t-1"), applied_key("t-1", "in:0:7")]  # one script call's keys
+    assert keys == ["gew:tenant:{t-1}:groups", "gew:tenant:{t-1}:applied", "gew:tenant:{t-1}:applied:in:0:7"]
+    assert len({key_slot(key.encode()) for key in keys}) == 1

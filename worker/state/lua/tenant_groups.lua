@@ -3,15 +3,22 @@
 -- same group reported by both input formats count once. A script, not a pipeline, so each event gets the exact
 -- size right after its own change even while other workers change the same set. The tag rule
 -- (worker/processing/reassembly.py): each change is applied once under its input position, and the size it
--- gave is recorded; applied again (a replay, a zombie's run of a committed position) it writes nothing and
--- gives that size again, so a creation run again after the group's deletion does not re-add it.
--- KEYS[1] gew:tenant:{<tenant>}:groups, KEYS[2] gew:tenant:{<tenant>}:applied (one hash tag);
--- ARGV[1] ttl seconds, then triples: op ('+' created, '-' deleted), group id, tag.
+-- gave is recorded in a key of that position's own, which expires with the replay window; applied again (a
+-- replay, a zombie's run of a committed position) it writes nothing and gives that size again, so a creation
+-- run again after the group's deletion does not re-add it. The legacy `applied` hash (one field per position,
+-- written before issue 22) is read, never written nor kept alive: it expires on its own.
+-- KEYS[1] gew:tenant:{<tenant>}:groups, KEYS[2] the legacy gew:tenant:{<tenant>}:applied, then one key per
+-- change: gew:tenant:{<tenant>}:applied:<tag> (one hash tag);
+-- ARGV[1] TTL of the set, ARGV[2] TTL of the applied keys, then triples: op ('+' created, '-' deleted),
+-- group id, tag.
 -- Returns the size of the set after each change, in order.
-local key, applied, ttl = KEYS[1], KEYS[2], ARGV[1]
+local key, legacy, ttl, applied_ttl = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
 local sizes = {}
-for i = 2, #ARGV, 3 do
-  local size = redis.call('HGET', applied, ARGV[i + 2])
+local k = 3
+for i = 3, #ARGV, 3 do
+  local applied = KEYS[k]
+  k = k + 1
+  local size = redis.call('GET', applied) or redis.call('HGET', legacy, ARGV[i + 2])
   if not size then
     if ARGV[i] == '+' then
       redis.call('SADD', key, ARGV[i + 1])
@@ -19,10 +26,9 @@ for i = 2, #ARGV, 3 do
       redis.call('SREM', key, ARGV[i + 1])
     end
     size = redis.call('SCARD', key)
-    redis.call('HSET', applied, ARGV[i + 2], size)
+    redis.call('SET', applied, size, 'EX', applied_ttl)
   end
   sizes[#sizes + 1] = tonumber(size)
 end
 redis.call('EXPIRE', key, ttl)  -- after the writes: a no-op when the last removal emptied (deleted) the set
-redis.call('EXPIRE', applied, ttl)
 return sizes
