@@ -95,9 +95,11 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             infos = [client.execute_command("CLUSTER INFO") for client in clients]
             return all(i.get("cluster_state") == "ok" and int(i.get("cluster_slots_ok", 0)) == 16384 for i in infos)
 
-        wait_until(every_node_ok, "the cluster did not become ok on every node")
-        for client in clients:
-            client.close()
+        try:
+            wait_until(every_node_ok, "the cluster did not become ok on every node")
+        finally:
+            for client in clients:
+                client.close()
         yield nodes[0].address
     finally:
         for node in nodes:
