@@ -168,8 +168,10 @@ def pipelined(client: Client, commands: Sequence[Command]) -> list[Any]:
 def _replies(connection: Any, count: int) -> list[Any]:
     """The next `count` raw replies of `connection`, an error reply as its `ResponseError`. Straight from its
     hiredis reader, filled from the socket as needed; a connection without one (redis-py without hiredis) reads
-    reply by reply. A socket that fails or times out raises redis-py's `ConnectionError` / `TimeoutError` (the
-    caller disconnects it: replies may be left unread)."""
+    reply by reply. RESP3 push messages among the replies (key-tracking invalidations, a managed Redis's
+    maintenance notices) go to redis-py's push handling, as in its `read_response`. A socket that fails or times
+    out raises redis-py's `ConnectionError` / `TimeoutError` (the caller disconnects it: replies may be left
+    unread)."""
     parser = connection._parser
     if not isinstance(parser, _HiredisParser):
         replies: list[Any] = []
@@ -181,6 +183,8 @@ def _replies(connection: Any, count: int) -> list[Any]:
         return replies
     reader: Any = parser._reader
     fill: Any = parser.read_from_socket  # untyped in redis-py
+    push: Any = parser._hiredis_PushNotificationType  # None: a hiredis that reads no RESP3 push frames
+    handle_push: Any = parser.handle_push_response  # untyped in redis-py
     if reader is None:  # disconnected meanwhile (redis-py clears it)
         raise redis.ConnectionError("Redis connection closed before its replies were read")
     replies = []
@@ -194,6 +198,10 @@ def _replies(connection: Any, count: int) -> list[Any]:
             continue
         if isinstance(reply, redis.ConnectionError):
             raise reply
+        if push is not None and isinstance(reply, push):
+            # a RESP3 push message (redis-py 8 speaks RESP3): not a reply; redis-py's handling, as read_response
+            handle_push(reply)
+            continue
         replies.append(reply)
     return replies
 

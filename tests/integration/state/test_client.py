@@ -47,3 +47,13 @@ def test_a_timed_out_batch_leaves_no_reply_for_the_next(redis_service: object) -
         pipelined(slow, [("BLPOP", "empty", 1)])  # blocks past the socket timeout (each retry too)
     # on a kept connection, the BLPOP's nil (due within the second) would be read as the PING's reply
     assert pipelined(slow, [("PING",), ("ECHO", "next")]) == [b"PONG", b"next"]
+
+
+def test_a_push_message_between_replies_is_not_taken_for_a_reply(any_parser: redis.Redis) -> None:
+    """redis-py 8 speaks RESP3, where the server may send push messages (key-tracking invalidations, a managed
+    Redis's maintenance notices) in between replies. Taken for a reply, it would shift every reply of the batch by
+    one (a claim judged by another key's answer) and leave the last one to the next batch. Here the connection
+    tracks a key and changes it itself, so the invalidation comes among the batch's replies."""
+    commands = [("CLIENT", "TRACKING", "ON"), ("GET", "tracked"), ("SET", "tracked", "changed"), ("PING",)]
+    assert pipelined(any_parser, commands) == [b"OK", None, b"OK", b"PONG"]
+    assert pipelined(any_parser, [("GET", "tracked")]) == [b"changed"]
